@@ -1,0 +1,249 @@
+"""Checkpoints: one ``torch.save`` file holding the config, metadata and weights.
+
+Payload::
+
+    {"format": "napari-roiseg-checkpoint/1",
+     "config": ModelConfig.to_dict(),
+     "metadata": {... user metadata ..., "date", "torch_version", "torchvision_version", "preset"},
+     "state_dict": {name: CPU tensor}}
+
+Writing is atomic (temporary file in the same folder, flush + fsync, ``os.replace``): a crash or a
+full disk never leaves a half-written checkpoint under the real name, and the previous file stays
+intact. Reading uses ``torch.load(weights_only=True)``, which refuses pickles that would run code,
+and every problem surfaces as :class:`CheckpointError` with a message saying what to do.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from .config import ModelConfig
+
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FORMAT = "napari-roiseg-checkpoint/1"
+_FORMAT_PREFIX = "napari-roiseg-checkpoint/"
+_SAFE_SCALARS = (str, int, float, bool, type(None))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or used; the message says why and what would work."""
+
+
+def _plain_metadata(value: Any, where: str = "metadata") -> Any:
+    """Only plain data survives ``weights_only`` loading. Lossless look-alikes are converted
+    (numpy scalars, str/int/float subclasses such as ``torch.__version__``, paths); anything else
+    is refused at save time, not discovered when the checkpoint will not load."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise CheckpointError(f"{where} keys must be strings, got {k!r}")
+            out[str(k)] = _plain_metadata(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain_metadata(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if type(value) in _SAFE_SCALARS:
+        return value
+    if isinstance(value, np.generic) and np.ndim(value) == 0 and not isinstance(value, np.void):
+        return _plain_metadata(value.item(), where)
+    for base in (bool, int, float, str):  # subclasses (IntEnum, TorchVersion...) -> the base
+        if isinstance(value, base):
+            return base(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise CheckpointError(
+        f"{where} is a {type(value).__name__}; metadata may hold only str, int, float, bool, "
+        "None, lists and dicts (convert arrays with .tolist())"
+    )
+
+
+def save_checkpoint(
+    path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Atomically write ``model`` (which must have ``model.config``) to ``path``.
+
+    ``metadata`` (plain data only) is stored with ``date`` (UTC, ISO 8601), ``torch_version``,
+    ``torchvision_version`` and ``preset`` added unless already given. Returns the path.
+    """
+    path = Path(path)
+    model = getattr(model, "module", model)  # DistributedDataParallel / DataParallel wrapper
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise CheckpointError(
+            "the model has no ModelConfig in model.config; build it with "
+            "src_model.model.build_model(config)"
+        )
+    meta = _plain_metadata(dict(metadata or {}))
+    meta.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    meta.setdefault("torch_version", str(torch.__version__))  # TorchVersion is not plain data
+    meta.setdefault("torchvision_version", str(torchvision.__version__))
+    meta.setdefault("preset", config.preset)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": config.to_dict(),
+        "metadata": meta,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if not path.parent.is_dir():
+        raise CheckpointError(
+            f"cannot save to {str(path)!r}: folder {str(path.parent)!r} does not exist"
+        )
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Leave the previous checkpoint untouched and no temporary file behind.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The one informative line of torch's long weights_only error."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln]
+    return lines[0] if lines else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a file (pick the .pt file itself)")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses arbitrary globals: loading this file would have executed code.
+        raise CheckpointError(
+            f"refused to load {str(path)!r}: it contains Python objects that could run code when "
+            "loaded, which napari-roiseg checkpoints never do. Only use checkpoints from a source "
+            f"you trust, saved by save_checkpoint. ({_unpickler_reason(exc)})"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"could not read {str(path)!r}: the file is truncated or corrupt "
+            f"({type(exc).__name__}: "
+            f"{exc}). Copy or download it again, or re-save it with save_checkpoint"
+        ) from exc
+    fmt = payload.get("format") if isinstance(payload, dict) else None
+    if not isinstance(fmt, str) or not fmt.startswith(_FORMAT_PREFIX):
+        hint = ""
+        if (
+            isinstance(payload, dict)
+            and payload
+            and all(torch.is_tensor(v) for v in payload.values())
+        ):
+            hint = (
+                " It looks like a bare state_dict: load it with model.load_state_dict() into a "
+                "model built with the right config, then save it with save_checkpoint."
+            )
+        raise CheckpointError(
+            f"{str(path)!r} is not a napari-roiseg checkpoint (no 'format': "
+            f"'{CHECKPOINT_FORMAT}' entry).{hint}"
+        )
+    if fmt != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} has format {fmt!r}, this version reads {CHECKPOINT_FORMAT!r}; "
+            "upgrade napari-roiseg to load it"
+        )
+    for key, kind in (("config", dict), ("metadata", dict), ("state_dict", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise CheckpointError(
+                f"{str(path)!r} is damaged: its {key!r} entry is missing or not a dict"
+            )
+    return payload
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    expected_arch: str | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored at ``path`` and return ``(model, metadata)``.
+
+    The model is built from the stored config (``build_model``), gets the stored weights, is on
+    ``map_location`` and in eval mode. ``expected_arch`` (e.g. "rpn_fcn") rejects checkpoints of
+    another architecture.
+
+    Raises
+    ------
+    CheckpointError
+        Not a file, truncated/corrupt, not a napari-roiseg checkpoint, a pickle that would run code,
+        an invalid config, the wrong architecture, or weights that do not fit the config (missing,
+        unexpected or differently shaped tensors).
+    """
+    from .model import build_model  # deferred: model imports torchvision's detection stack
+
+    path = Path(path)
+    payload = _read_payload(path, map_location)
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{str(path)!r} holds a config this version cannot use: {exc}. "
+            "It may come from a newer napari-roiseg"
+        ) from exc
+    if expected_arch is not None and config.arch != expected_arch:
+        raise CheckpointError(
+            f"{str(path)!r} holds a {config.arch!r} model, but a {expected_arch!r} model is needed"
+        )
+    try:
+        model = build_model(config)
+    except ValueError as exc:
+        raise CheckpointError(f"cannot build the model of {str(path)!r}: {exc}") from exc
+    state = payload["state_dict"]
+    if not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{str(path)!r} is damaged: its 'state_dict' holds non-tensors")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [
+        f"{k}: checkpoint {list(state[k].shape)} vs model {list(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(
+            f"{len(missing)} missing weights ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''})"
+        )
+    if unexpected:
+        problems.append(
+            f"{len(unexpected)} unexpected weights ({', '.join(unexpected[:3])}"
+            f"{', ...' if len(unexpected) > 3 else ''})"
+        )
+    if wrong:
+        problems.append(
+            f"{len(wrong)} shape mismatches ({'; '.join(wrong[:3])}"
+            f"{'; ...' if len(wrong) > 3 else ''})"
+        )
+    if problems:
+        raise CheckpointError(
+            f"the weights in {str(path)!r} do not fit its stored config ({config.preset!r} "
+            f"preset, {config.arch!r}): "
+            + ", ".join(problems)
+            + ". The file was probably assembled from another preset or version; re-save the "
+            "trained model with save_checkpoint"
+        )
+    model.load_state_dict(state)
+    model.to(map_location).eval()
+    return model, dict(payload["metadata"])

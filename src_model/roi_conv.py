@@ -1,0 +1,291 @@
+"""ROI convolution (Zhang et al., ISBI 2018, Eq. 1-2): a convolution evaluated only inside boxes.
+
+``y[n, :, i, j] = 1[(i, j) in union of the ROIs of image n] * (conv(x, w)[n, :, i, j] + b)``
+
+Outside the union the output is exactly zero (bias included: the authors' Caffe layer added the
+bias everywhere, which we do not copy). Gradients follow Eq. 2: only output positions inside the
+union contribute to the gradients of the input, the weight and the bias; the authors' backward
+mask was shifted by one cell relative to the forward one, which we do not copy either.
+
+The layout follows torchvision's custom ops: a plain function :func:`roi_conv2d`, a thin module
+:class:`RoiConv2d`, and a slow pure reference :func:`roi_conv2d_reference` for the tests. The
+function takes the ROI union as a *cell mask* on its output grid; :func:`boxes_to_cell_mask` turns
+image-pixel boxes into that mask and :func:`boxes_to_pixel_mask` gives the pixel-level union used by
+the segmentation loss and the eval masking.
+
+Box -> cell rule (see ``src_model.geometry`` for the coordinates)
+----------------------------------------------------------------
+Boxes are ``x1, y1, x2, y2`` in continuous image coordinates (pixel ``(i, j)`` is the square
+``[j, j+1) x [i, i+1)``). Output cell ``(r, c)`` of a grid ``(stride s, offset o)`` is centred at
+image position ``(o + s*c, o + s*r)``; its footprint is the ``s x s`` square centred there. The cell
+is *active* iff its footprint overlaps the box with positive area::
+
+    o + s*c - s/2 < x2  and  o + s*c + s/2 > x1      (same for rows with y1, y2)
+
+Cells outside the grid simply do not exist (boxes are clamped to the grid); a box that lies
+entirely outside the grid activates nothing; an image with no boxes has no active cell. Because
+footprints tile the plane, every pixel whose centre is inside a (non-degenerate) box lies in the
+footprint of an active cell.
+
+Box -> pixel rule: pixel ``(i, j)`` is inside the box iff its centre is:
+``x1 <= j + 0.5 <= x2`` and ``y1 <= i + 0.5 <= y2``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "RoiConv2d",
+    "boxes_to_cell_mask",
+    "boxes_to_pixel_mask",
+    "roi_conv2d",
+    "roi_conv2d_reference",
+    "output_size",
+]
+
+IMPLS = ("dense",)
+
+
+def _union_of_index_boxes(
+    r0: Tensor, r1: Tensor, c0: Tensor, c1: Tensor, shape: tuple[int, int]
+) -> Tensor:
+    """Union of the half-open index rectangles ``[r0, r1) x [c0, c1)`` on a grid ``shape``.
+
+    O(K + H*W) via a 2-D difference array, so hundreds of test-time proposals cost no more than
+    one. Indices are clamped to the grid. Returns ``Tensor[H, W] bool``.
+    """
+    h, w = shape
+    r0, r1 = r0.clamp(0, h), r1.clamp(0, h)
+    c0, c1 = c0.clamp(0, w), c1.clamp(0, w)
+    keep = (r1 > r0) & (c1 > c0)
+    r0, r1, c0, c1 = r0[keep], r1[keep], c0[keep], c1[keep]
+    diff = torch.zeros((h + 1, w + 1), dtype=torch.int32, device=r0.device)
+    ones = torch.ones_like(r0, dtype=torch.int32)
+    diff.index_put_((r0, c0), ones, accumulate=True)
+    diff.index_put_((r0, c1), -ones, accumulate=True)
+    diff.index_put_((r1, c0), -ones, accumulate=True)
+    diff.index_put_((r1, c1), ones, accumulate=True)
+    return diff.cumsum(0).cumsum(1)[:h, :w] > 0
+
+
+def _check_boxes(boxes: Tensor) -> Tensor:
+    if boxes.ndim != 2 or boxes.shape[-1] != 4:
+        raise ValueError(
+            f"boxes must be Tensor[K, 4] (x1, y1, x2, y2), got shape {tuple(boxes.shape)}"
+        )
+    # float64 keeps the floor/ceil below exact for any coordinate (MPS has no float64; float32
+    # is exact there too for power-of-two strides).
+    dtype = torch.float32 if boxes.device.type == "mps" else torch.float64
+    return boxes.detach().to(dtype)
+
+
+def boxes_to_cell_mask(
+    boxes_per_image: list[Tensor],
+    out_size: tuple[int, int],
+    stride: float,
+    offset: float,
+) -> Tensor:
+    """Cells of a feature grid whose footprint overlaps any box of their image.
+
+    Parameters
+    ----------
+    boxes_per_image
+        One ``Tensor[K_n, 4]`` per image, ``x1, y1, x2, y2`` in image pixels; ``K_n`` may be 0.
+    out_size
+        ``(Ho, Wo)`` of the grid.
+    stride, offset
+        Grid geometry: cell ``(r, c)`` is centred at image position
+        ``(offset + stride * c, offset + stride * r)``. See the module docstring for the rule.
+
+    Returns
+    -------
+    Tensor[N, 1, Ho, Wo] bool, on the device of the boxes.
+    """
+    ho, wo = int(out_size[0]), int(out_size[1])
+    half = stride / 2.0
+    masks = []
+    for boxes in boxes_per_image:
+        b = _check_boxes(boxes)
+        # o + s*c - s/2 < x2  <=>  c < (x2 - o + s/2) / s  <=>  c < ceil(that)
+        # o + s*c + s/2 > x1  <=>  c > (x1 - o - s/2) / s  <=>  c >= floor(that) + 1
+        c0 = torch.floor((b[:, 0] - offset - half) / stride).long() + 1
+        c1 = torch.ceil((b[:, 2] - offset + half) / stride).long()
+        r0 = torch.floor((b[:, 1] - offset - half) / stride).long() + 1
+        r1 = torch.ceil((b[:, 3] - offset + half) / stride).long()
+        masks.append(_union_of_index_boxes(r0, r1, c0, c1, (ho, wo)))
+    if not masks:
+        return torch.zeros((0, 1, ho, wo), dtype=torch.bool)
+    return torch.stack(masks)[:, None]
+
+
+def boxes_to_pixel_mask(boxes_per_image: list[Tensor], image_size: tuple[int, int]) -> Tensor:
+    """Pixel-level union of the boxes: pixel ``(i, j)`` is inside a box iff its centre
+    ``(j + 0.5, i + 0.5)`` is (borders included).
+
+    Parameters
+    ----------
+    boxes_per_image
+        One ``Tensor[K_n, 4]`` per image (``x1, y1, x2, y2``); ``K_n`` may be 0.
+    image_size
+        ``(H, W)``.
+
+    Returns
+    -------
+    Tensor[N, H, W] bool.
+    """
+    h, w = int(image_size[0]), int(image_size[1])
+    masks = []
+    for boxes in boxes_per_image:
+        b = _check_boxes(boxes)
+        # x1 <= j + 0.5  <=>  j >= ceil(x1 - 0.5);   j + 0.5 <= x2  <=>  j <= floor(x2 - 0.5)
+        c0 = torch.ceil(b[:, 0] - 0.5).long()
+        c1 = torch.floor(b[:, 2] - 0.5).long() + 1
+        r0 = torch.ceil(b[:, 1] - 0.5).long()
+        r1 = torch.floor(b[:, 3] - 0.5).long() + 1
+        masks.append(_union_of_index_boxes(r0, r1, c0, c1, (h, w)))
+    if not masks:
+        return torch.zeros((0, h, w), dtype=torch.bool)
+    return torch.stack(masks)
+
+
+def _conv_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _check_mask(
+    input: Tensor, weight: Tensor, mask: Tensor, stride: int, padding: int, dilation: int
+) -> None:
+    n, _, h, w = input.shape
+    kh, kw = weight.shape[-2:]
+    expected = (
+        n,
+        1,
+        _conv_out_size(h, kh, stride, padding, dilation),
+        _conv_out_size(w, kw, stride, padding, dilation),
+    )
+    if tuple(mask.shape) != expected or mask.dtype != torch.bool:
+        raise ValueError(
+            f"mask must be a bool Tensor{list(expected)} (one channel, the conv output size); "
+            f"got {mask.dtype} Tensor{list(mask.shape)}"
+        )
+
+
+def roi_conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    mask: Tensor,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    impl: str = "dense",
+) -> Tensor:
+    """ROI convolution (Eq. 1): ``conv2d(input, weight, bias)`` where ``mask`` is True, 0 elsewhere.
+
+    Parameters
+    ----------
+    input
+        ``Tensor[N, C_in, H, W]``.
+    weight, bias
+        ``Tensor[C_out, C_in, kh, kw]`` and ``Tensor[C_out]`` (or None), as for ``F.conv2d``.
+    mask
+        ``Tensor[N, 1, Ho, Wo] bool``: the ROI union on the *output* grid
+        (:func:`boxes_to_cell_mask`).
+    stride, padding, dilation
+        As for ``F.conv2d`` (square only; zero padding).
+    impl
+        ``"dense"``: convolve everywhere, then zero the positions outside the mask. Autograd then
+        gives exactly Eq. 2: the masked-out positions' upstream gradient is zeroed before it
+        reaches input, weight or bias. (Room for a sparse implementation that convolves only the
+        ROI cells; it must give the same numbers.)
+
+    Returns
+    -------
+    ``Tensor[N, C_out, Ho, Wo]``, exactly zero where ``mask`` is False.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"unknown roi_conv2d impl {impl!r}; available: {', '.join(IMPLS)}")
+    _check_mask(input, weight, mask, stride, padding, dilation)
+    out = F.conv2d(input, weight, bias, stride=stride, padding=padding, dilation=dilation)
+    # masked_fill (not a multiply) so that a non-finite value outside the ROIs cannot leak as NaN.
+    return out.masked_fill(~mask, 0.0)
+
+
+def roi_conv2d_reference(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    mask: Tensor,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+) -> Tensor:
+    """Slow literal transcription of Eq. 1 for tests: loops over the active output positions and
+    computes each one as an explicit sum of ``w * z`` over the window. Positions never computed
+    stay zero and are not in the autograd graph, so the gradients are Eq. 2 by construction."""
+    _check_mask(input, weight, mask, stride, padding, dilation)
+    n, _, _, _ = input.shape
+    cout, _, kh, kw = weight.shape
+    ho, wo = mask.shape[-2:]
+    x = F.pad(input, (padding, padding, padding, padding))
+    out = input.new_zeros((n, cout, ho, wo))
+    for b, r, c in mask[:, 0].nonzero().tolist():
+        rows = slice(r * stride, r * stride + dilation * (kh - 1) + 1, dilation)
+        cols = slice(c * stride, c * stride + dilation * (kw - 1) + 1, dilation)
+        patch = x[b, :, rows, cols]  # [C_in, kh, kw]
+        value = (weight * patch[None]).sum(dim=(1, 2, 3))
+        if bias is not None:
+            value = value + bias
+        out[b, :, r, c] = value
+    return out
+
+
+class RoiConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose ``forward(input, mask)`` is :func:`roi_conv2d`.
+
+    It subclasses ``nn.Conv2d`` so that its parameters have the same names and initialisation as a
+    plain convolution (a checkpoint of FCN-noPool5 loads into RPN-FCN and vice versa). With
+    ``mask=None`` it is an ordinary convolution.
+    """
+
+    def __init__(self, *args, impl: str = "dense", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            raise ValueError("RoiConv2d supports groups=1, numeric zero padding only")
+        if any(v[0] != v[1] for v in (self.stride, self.padding, self.dilation)):
+            raise ValueError("RoiConv2d supports square stride/padding/dilation only")
+        if impl not in IMPLS:
+            raise ValueError(f"unknown roi_conv2d impl {impl!r}; available: {', '.join(IMPLS)}")
+        self.impl = impl
+
+    def forward(self, input: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        """``Tensor[N, C_in, H, W]`` and an optional ``Tensor[N, 1, Ho, Wo] bool`` mask ->
+        ``Tensor[N, C_out, Ho, Wo]``."""
+        if mask is None:
+            return super().forward(input)
+        return roi_conv2d(
+            input,
+            self.weight,
+            self.bias,
+            mask,
+            stride=self.stride[0],
+            padding=self.padding[0],  # type: ignore[index]
+            dilation=self.dilation[0],
+            impl=self.impl,
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", impl={self.impl!r}"
+
+
+def output_size(size: tuple[int, int], layer: nn.Conv2d) -> tuple[int, int]:
+    """Spatial size of ``layer``'s output for an input of spatial ``size`` ``(H, W)``."""
+    return tuple(  # type: ignore[return-value]
+        _conv_out_size(s, k, st, p, d)
+        for s, k, st, p, d in zip(
+            size, layer.kernel_size, layer.stride, layer.padding, layer.dilation
+        )
+    )

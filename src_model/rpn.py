@@ -1,0 +1,190 @@
+"""Localisation unit: Faster R-CNN's RPN from torchvision's detection blocks, and the choice of the
+ROIs handed to the ROI convolution.
+
+Two small adaptations of torchvision, nothing re-implemented:
+
+* :class:`GridAnchorGenerator` centres the anchors on the feature cells' receptive-field centres
+  (``src_model.geometry``). torchvision's ``AnchorGenerator`` puts cell ``i`` at ``i * (H // h)``,
+  which is off by half a stride for conv1_1 padding 1 and by ~40 px for the paper's padding 50
+  (where it would not even get the stride right).
+* :class:`RoiSegRPN` returns the proposals' objectness scores as well as the boxes (torchvision's
+  ``RegionProposalNetwork.forward`` computes and drops them); the eval output reports them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import (
+    RegionProposalNetwork,
+    RPNHead,
+    concat_box_prediction_layers,
+)
+from torchvision.ops import box_iou
+
+from .config import ModelConfig
+from .geometry import GridGeometry
+
+__all__ = [
+    "GridAnchorGenerator",
+    "RoiSegRPN",
+    "build_rpn",
+    "select_test_rois",
+    "select_training_rois",
+]
+
+
+class GridAnchorGenerator(AnchorGenerator):
+    """torchvision ``AnchorGenerator`` (same base anchors: ``sizes`` x ``aspect_ratios`` =
+    height/width, rounded) with anchors centred at ``geometry.offset + geometry.stride * (c, r)``
+    for feature cell ``(r, c)``. One feature map only."""
+
+    def __init__(
+        self,
+        sizes: tuple[int, ...],
+        aspect_ratios: tuple[float, ...],
+        geometry: GridGeometry,
+    ) -> None:
+        super().__init__(sizes=(tuple(sizes),), aspect_ratios=(tuple(aspect_ratios),))
+        self.geometry = geometry
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        """Returns one ``Tensor[h * w * A, 4]`` of anchors per image (identical for all)."""
+        grid_sizes = [fm.shape[-2:] for fm in feature_maps]
+        device = feature_maps[0].device
+        stride = torch.tensor(int(self.geometry.stride), dtype=torch.int64, device=device)
+        # float32 even under float16 autocast: anchor coordinates of a few hundred px need it.
+        self.set_cell_anchors(torch.float32, device)
+        per_level = self.grid_anchors(grid_sizes, [[stride, stride]] * len(grid_sizes))
+        anchors = torch.cat(per_level) + self.geometry.offset
+        return [anchors for _ in image_list.image_sizes]
+
+
+class RoiSegRPN(RegionProposalNetwork):
+    """torchvision's ``RegionProposalNetwork`` whose forward also returns the proposal scores.
+
+    ``forward(images, features, targets)`` -> ``(boxes, scores, losses)`` with one
+    ``Tensor[P, 4]`` of proposals (``x1, y1, x2, y2``, clipped to the image, after NMS, best first)
+    and one ``Tensor[P]`` of sigmoid objectness per image; ``losses`` holds ``loss_objectness`` and
+    ``loss_rpn_box_reg`` in training (an image with no GT box contributes negatives only), else {}.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        images: ImageList,
+        features: dict[str, Tensor],
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[list[Tensor], list[Tensor], dict[str, Tensor]]:
+        # Same steps as torchvision's RegionProposalNetwork.forward, keeping the scores.
+        feature_list = list(features.values())
+        objectness, pred_bbox_deltas = self.head(feature_list)
+        anchors = self.anchor_generator(images, feature_list)
+        num_images = len(anchors)
+        num_anchors_per_level = [o[0].numel() for o in objectness]
+        objectness, pred_bbox_deltas = concat_box_prediction_layers(objectness, pred_bbox_deltas)
+        # Decode in float32 (torchvision would decode in the deltas' dtype, float16 under autocast).
+        proposals = self.box_coder.decode(pred_bbox_deltas.detach().float(), anchors)
+        proposals = proposals.view(num_images, -1, 4)
+        boxes, scores = self.filter_proposals(
+            proposals, objectness, images.image_sizes, num_anchors_per_level
+        )
+        losses: dict[str, Tensor] = {}
+        if self.training:
+            if targets is None:
+                raise ValueError(
+                    "the RPN needs targets (a 'boxes' Tensor[K, 4] per image) in training"
+                )
+            labels, matched_gt_boxes = self.assign_targets_to_anchors(anchors, targets)
+            regression_targets = self.box_coder.encode(matched_gt_boxes, anchors)
+            loss_objectness, loss_rpn_box_reg = self.compute_loss(
+                objectness, pred_bbox_deltas, labels, regression_targets
+            )
+            losses = {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box_reg}
+        return boxes, scores, losses
+
+
+def build_rpn(config: ModelConfig, in_channels: int, geometry: GridGeometry) -> RoiSegRPN:
+    """The RPN of ``config`` on a feature map with ``in_channels`` channels laid out on
+    ``geometry`` (``backbone.geometry``): torchvision's ``RPNHead`` (3x3 conv + 1x1 objectness /
+    box deltas) and the config's anchors, IoU thresholds, sampling and NMS settings."""
+    anchor_generator = GridAnchorGenerator(config.anchor_sizes, config.aspect_ratios, geometry)
+    head = RPNHead(in_channels, anchor_generator.num_anchors_per_location()[0])
+    return RoiSegRPN(
+        anchor_generator,
+        head,
+        fg_iou_thresh=config.rpn_fg_iou_thresh,
+        bg_iou_thresh=config.rpn_bg_iou_thresh,
+        batch_size_per_image=config.rpn_batch_size_per_image,
+        positive_fraction=config.rpn_positive_fraction,
+        pre_nms_top_n={
+            "training": config.rpn_pre_nms_top_n_train,
+            "testing": config.rpn_pre_nms_top_n_test,
+        },
+        post_nms_top_n={
+            "training": config.rpn_post_nms_top_n_train,
+            "testing": config.rpn_post_nms_top_n_test,
+        },
+        nms_thresh=config.rpn_nms_thresh,
+    )
+
+
+def select_training_rois(
+    proposals: list[Tensor],
+    gt_boxes: list[Tensor],
+    iou_thresh: float = 0.5,
+    max_rois: int = 50,
+    generator: torch.Generator | None = None,
+) -> list[Tensor]:
+    """ROIs for the segmentation branch in training (the authors' rule).
+
+    Per image: the GT boxes plus the (detached) proposals whose IoU with a GT box is
+    >= ``iou_thresh``, at most ``max_rois`` in all; the GT boxes are always kept and the proposals
+    are sampled at random without replacement when there are too many. An image without a GT box
+    gets no ROI (``Tensor[0, 4]``): nothing is segmented there and its seg loss is 0.
+
+    ``proposals``/``gt_boxes``: one ``Tensor[P, 4]`` / ``Tensor[G, 4]`` per image.
+    Returns one ``Tensor[K, 4]`` per image, GT boxes first.
+    """
+    rois = []
+    for props, gt in zip(proposals, gt_boxes):
+        gt = gt.detach().to(props.dtype)
+        if gt.numel() == 0:
+            rois.append(props.new_zeros((0, 4)))
+            continue
+        props = props.detach()
+        if props.numel():
+            best_iou = box_iou(props, gt).max(dim=1).values
+            props = props[best_iou >= iou_thresh]
+        room = max(max_rois - gt.shape[0], 0)
+        if props.shape[0] > room:
+            order = torch.randperm(props.shape[0], generator=generator, device="cpu")
+            props = props[order[:room].to(props.device)]
+        rois.append(torch.cat([gt, props]))
+    return rois
+
+
+def select_test_rois(
+    proposals: list[Tensor],
+    scores: list[Tensor],
+    score_threshold: float | None = None,
+    top_k: int | None = None,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """ROIs at test time: all post-NMS proposals (the authors' rule), optionally only those with
+    ``score >= score_threshold`` and then the ``top_k`` best (proposals arrive best first).
+
+    Returns ``(boxes, scores)``: one ``Tensor[K, 4]`` and one ``Tensor[K]`` per image.
+    """
+    out_boxes, out_scores = [], []
+    for boxes, s in zip(proposals, scores):
+        order = torch.argsort(s, descending=True, stable=True)
+        boxes, s = boxes[order], s[order]
+        if score_threshold is not None:
+            keep = s >= score_threshold
+            boxes, s = boxes[keep], s[keep]
+        if top_k is not None:
+            boxes, s = boxes[:top_k], s[:top_k]
+        out_boxes.append(boxes)
+        out_scores.append(s)
+    return out_boxes, out_scores

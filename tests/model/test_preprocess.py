@@ -1,0 +1,53 @@
+"""normalize_slices: any numeric 2-D/3-D array -> float32 in [0, 1]."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from src_model.preprocess import normalize_slices
+
+
+def test_uint8_is_divided_by_255():
+    arr = np.array([[0, 51, 255]], dtype=np.uint8)
+    out = normalize_slices(arr)
+    assert out.dtype == np.float32 and np.allclose(out, [[0.0, 0.2, 1.0]])
+
+
+def test_bool_and_constant():
+    assert normalize_slices(np.eye(3, dtype=bool)).tolist() == np.eye(3).tolist()
+    assert not normalize_slices(np.full((2, 4, 4), 7.5)).any()
+    assert not normalize_slices(np.full((4, 4), 300, dtype=np.uint16)).any()
+
+
+def test_robust_range_over_the_whole_volume():
+    rng = np.random.default_rng(0)
+    vol = rng.normal(1000.0, 50.0, size=(3, 40, 40)).astype(np.float64)
+    vol[1] += 200.0  # a brighter slice keeps its relative brightness
+    vol[0, 0, 0] = 1e6  # one hot pixel must not squash the contrast
+    out = normalize_slices(vol)
+    assert out.shape == vol.shape and out.dtype == np.float32
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert out[1].mean() > out[0].mean() + 0.2
+    assert out[0, 0, 0] == 1.0 and 0.05 < np.median(out[0]) < 0.6
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int32, np.int64, np.float16, np.float32])
+def test_other_dtypes(dtype):
+    arr = (np.arange(100).reshape(10, 10) * 3).astype(dtype)
+    out = normalize_slices(arr)
+    assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+    assert out[0, 0] == 0.0 and out[-1, -1] == 1.0
+
+
+def test_errors_say_what_would_work():
+    with pytest.raises(ValueError, match=r"\(H, W\).*\(N, H, W\).*shape \(2, 3, 4, 5\)"):
+        normalize_slices(np.zeros((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="shape \\(5,\\)"):
+        normalize_slices(np.zeros(5))
+    bad = np.zeros((4, 4), dtype=np.float32)
+    bad[0, 0], bad[1, 1], bad[2, 2] = np.nan, np.inf, -np.inf
+    with pytest.raises(ValueError, match="3 of 16 values are NaN or infinite.*nan_to_num"):
+        normalize_slices(bad)
+    with pytest.raises(ValueError, match="real numeric"):
+        normalize_slices(np.zeros((3, 3), dtype=np.complex64))
