@@ -1,0 +1,213 @@
+"""A whole training job: load volumes, build the datasets, train, write the checkpoint.
+
+Used by ``roiseg train`` (one process) and, unchanged, by ``torchrun -m napari_roiseg.train_job``
+(several processes through DistributedDataParallel). Also the engine behind the default model
+(``scripts/make_default_model.py``) and the Table 1 comparison. No napari import here.
+
+Data sources are folders holding ``volume.tif`` and ``labels.tif`` (what ``roiseg generate``
+writes) or phantom specs ``phantom:SEED`` / ``phantom:SEED:SLICES`` generated on the fly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LabelledVolume:
+    """One training or test volume: ``volume`` (S, H, W) and ``labels`` (S, H, W) uint8."""
+
+    name: str
+    volume: np.ndarray
+    labels: np.ndarray
+
+
+def load_source(spec: str, shape: tuple[int, int] | None = None) -> LabelledVolume:
+    """Load one data source: a folder with volume.tif + labels.tif, or ``phantom:SEED[:SLICES]``."""
+    if spec.startswith("phantom:"):
+        from sample_data.phantom import make_phantom
+
+        parts = spec.split(":")
+        try:
+            seed = int(parts[1])
+            n_slices = int(parts[2]) if len(parts) > 2 else 256
+        except (IndexError, ValueError):
+            raise ValueError(f"bad phantom spec {spec!r}: write phantom:SEED or phantom:SEED:SLICES")
+        kwargs = {"shape": shape} if shape else {}
+        ph = make_phantom(seed=seed, n_slices=n_slices, **kwargs)
+        return LabelledVolume(spec, ph.volume, ph.labels)
+    from .volume_io import read_volume
+
+    folder = Path(spec)
+    vol_path, lab_path = folder / "volume.tif", folder / "labels.tif"
+    if not folder.is_dir() or not vol_path.exists() or not lab_path.exists():
+        raise ValueError(
+            f"{spec!r} is not a training folder: it must contain volume.tif and labels.tif "
+            "(as written by `roiseg generate`), or use phantom:SEED")
+    volume = np.asarray(read_volume(vol_path).data)
+    labels = np.asarray(read_volume(lab_path).data)
+    if volume.shape != labels.shape:
+        raise ValueError(f"{spec}: volume {volume.shape} and labels {labels.shape} differ in shape")
+    return LabelledVolume(folder.name, volume, (labels != 0).astype(np.uint8))
+
+
+def validation_arrays(volumes: Iterable[LabelledVolume], every: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Stack (every ``every``-th) slice of the volumes into normalised slices + truth for validation."""
+    from src_model.preprocess import normalize_slices
+
+    vols = list(volumes)
+    images = np.concatenate([normalize_slices(v.volume[::every]) for v in vols])
+    truth = np.concatenate([v.labels[::every] for v in vols])
+    return images, truth
+
+
+def train_model(
+    train: Sequence[LabelledVolume],
+    *,
+    preset: str = "fast",
+    model=None,
+    train_config=None,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    negatives: str | float = 0.25,
+    augment: bool = True,
+    on_progress: Callable[[Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    sampler=None,
+    device=None,
+):
+    """Train (or continue training) a model and return ``(model, outcome)``.
+
+    ``model`` None builds a fresh one from ``preset``. Every progress record is handed to
+    ``on_progress``; ``should_stop`` is polled between steps.
+    """
+    import torch
+
+    from src_model.config import get_preset
+    from src_model.data import SliceDataset
+    from src_model.model import build_model
+    from src_model.train import TrainConfig, train_iter
+
+    train_config = train_config or TrainConfig()
+    if model is None:
+        torch.manual_seed(train_config.seed)
+        model = build_model(get_preset(preset))
+    dataset = SliceDataset([(v.volume, v.labels) for v in train], negatives=negatives,
+                           augment=augment, seed=train_config.seed)
+    gen = train_iter(model, dataset, train_config, validation=validation,
+                     should_stop=should_stop, sampler=sampler, device=device)
+    while True:
+        try:
+            record = next(gen)
+        except StopIteration as stop:
+            return model, stop.value
+        if on_progress is not None:
+            on_progress(record)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="roiseg train",
+        description="Train an RPN-FCN (or baseline) model on labelled volumes and write a checkpoint.")
+    p.add_argument("sources", nargs="+",
+                   help="folders with volume.tif + labels.tif, or phantom:SEED[:SLICES]")
+    p.add_argument("--out", required=True, help="checkpoint file to write (atomically)")
+    p.add_argument("--preset", default="fast", help="model preset: fast or paper (default fast)")
+    p.add_argument("--arch", default=None,
+                   help="architecture override: rpn_fcn, fcn32s, fcn_nopool5 or unet")
+    p.add_argument("--init", default=None, help="start from this checkpoint (fine-tuning)")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=4, help="slices per step (per process)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3 (adam) / 1e-2 (sgd)")
+    p.add_argument("--negatives", default="0.25",
+                   help="slices without object to keep: all, none or a fraction (default 0.25)")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dropout", type=float, default=None, help="override the head's dropout")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``roiseg train`` and of ``torchrun -m napari_roiseg.train_job``."""
+    import torch
+
+    from src_model import distributed
+    from src_model.checkpoint import load_checkpoint, save_checkpoint
+    from src_model.config import get_preset
+    from src_model.model import build_model
+    from src_model.train import TrainConfig
+
+    args = _parser().parse_args(argv)
+    rank, world, device = distributed.setup()
+    if args.device != "auto" and world == 1:
+        from src_model.device import resolve_device
+
+        device = resolve_device(args.device)
+    try:
+        negatives: str | float = args.negatives
+        if negatives not in ("all", "none"):
+            negatives = float(negatives)
+        lr = args.lr if args.lr is not None else (1e-3 if args.optimizer == "adam" else 1e-2)
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
+                          lr=lr, seed=args.seed)
+        volumes = [load_source(s) for s in args.sources]
+        if args.init:
+            model, meta = load_checkpoint(args.init)
+            parent = str(args.init)
+        else:
+            overrides: dict[str, Any] = {}
+            if args.arch:
+                overrides["arch"] = args.arch
+            if args.dropout is not None:
+                overrides["dropout"] = args.dropout
+            torch.manual_seed(args.seed)  # identical initial weights on every rank
+            model = build_model(get_preset(args.preset, **overrides))
+            parent = None
+        net = distributed.wrap_model(model, device)
+        sampler = None
+        if world > 1:
+            from src_model.data import SliceDataset
+
+            n = len(SliceDataset([(v.volume, v.labels) for v in volumes], negatives=negatives,
+                                 augment=False, seed=args.seed))
+            sampler = distributed.ShardedInfiniteSampler(n, args.batch_size, rank, world, args.seed)
+        from tqdm import tqdm
+
+        bar = tqdm(total=args.steps, desc="train", unit="step",
+                   disable=rank != 0 or args.quiet)
+        _, outcome = train_model(
+            volumes, model=net, train_config=cfg, negatives=negatives,
+            augment=not args.no_augment, sampler=sampler, device=device,
+            on_progress=lambda r: _show(bar, r))
+        bar.close()
+        if rank == 0:
+            meta = {
+                "training": {**cfg.to_dict(), "world_size": world, "state": outcome.state,
+                             "steps_done": outcome.steps_done},
+                "data": {"sources": list(args.sources), "negatives": args.negatives},
+                "parent": parent,
+                "final_losses": outcome.history[-1].losses if outcome.history else {},
+            }
+            save_checkpoint(args.out, model, meta)
+            print(f"wrote {args.out} ({outcome.state} after {outcome.steps_done} steps)")
+        return 0 if outcome.state in ("finished", "stopped") else 3
+    finally:
+        distributed.teardown()
+
+
+def _show(bar, record) -> None:
+    bar.n = record.step
+    bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in record.losses.items()})
+
+
+if __name__ == "__main__":
+    sys.exit(run())
