@@ -1,0 +1,505 @@
+"""The Segment dock widget: pick an image, a model and a device; segment a slice or the volume.
+
+Thin on purpose: the model runs through :func:`napari_roiseg.segment.iter_segment` (the same
+generator the CLI and the API use) and results reach the viewer through
+:class:`napari_roiseg.layers.ResultLayers`. What lives here is GUI state: one result per image
+layer (kept across runs, so a cancelled run's slices stay and slice-by-slice runs add up), the
+loaded model, and the worker of a running whole-volume job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+
+from ..api import prepare_torch_import
+from ..layers import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, ResultLayers, image_array
+from ..segment import VolumeSegmentation, check_volume, default_checkpoint, iter_segment
+
+if TYPE_CHECKING:
+    import napari
+
+DEFAULT_MODEL = "shipped default"
+CHECKPOINT_FILE = "checkpoint file"
+IN_MEMORY = "in-memory model"  # offered once set_model() handed one over
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class Session:
+    """What the widget keeps for one image layer between runs."""
+
+    result: VolumeSegmentation  # the model's output so far (out= of every run)
+    layers: ResultLayers
+    model: Any = None  # the model that produced ``result.done``; another model starts over
+
+
+@dataclass
+class VolumeRun:
+    """A whole-volume run: its progress and how it ended (``widget.last_run`` after it)."""
+
+    session: Session
+    total: int
+    done: int = 0  # slices written to the mask layer
+    reported: int = 0  # slices the worker has finished
+    batches: int = 0
+    boxes_at: int = 0  # batch count when the Shapes layer was last rebuilt
+    cancelled: bool = False
+    error: str | None = None
+    pbar: Any = None
+
+
+def describe_model(net: Any, metadata: dict[str, Any] | None, source: str) -> str:
+    """One line for the widget: preset and architecture, training, date, where it came from."""
+    config = getattr(net, "config", None)
+    parts = [f"{config.preset} preset, {config.arch}"] if config is not None else [
+        type(net).__name__]
+    meta = metadata or {}
+    version = meta.get("version") or meta.get("napari_roiseg_version")
+    if version:
+        parts.append(f"v{version}")
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    steps = training.get("steps_done", training.get("steps"))
+    if steps is not None:
+        parts.append(f"{steps} training steps")
+    if isinstance(meta.get("date"), str):
+        parts.append(meta["date"][:10])
+    return f"{' · '.join(parts)} ({source})"
+
+
+def _drain(gen: Any) -> Any:
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+class SegmentWidget(Container):
+    """Dock widget: segment the current slice, the whole volume (cancellable), or follow the
+    slider; show boxes as a Shapes layer and the mask as a Labels layer.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    model : torch.nn.Module, optional
+        Use this model instead of the shipped default (see :meth:`set_model`).
+    """
+
+    SHAPES_EVERY = 4  # during a volume run, rebuild the Shapes layer every this many batches
+    FOLLOW_DELAY_MS = 40  # follow mode waits for the slider to rest this long
+
+    def __init__(self, napari_viewer: napari.Viewer, model: Any = None) -> None:
+        super().__init__(scrollable=False)
+        self.viewer = napari_viewer
+        self.sessions: dict[Image, Session] = {}
+        self.worker: Any = None
+        self.last_run: VolumeRun | None = None
+        self._run: VolumeRun | None = None
+        self._net: Any = None
+        self._memory_model: tuple[Any, str] | None = None  # (model, description) from set_model
+        self._flushing = False
+        self._finish_pending = False
+
+        self._image = ComboBox(label="image", choices=self._image_choices)
+        self._model_source = ComboBox(label="model", choices=self._model_choices,
+                                      value=DEFAULT_MODEL)
+        self._checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt *.pth",
+                                    visible=False)
+        self._model_info = Label(label="loaded", value="shipped default (loads on first run)")
+        self._device = ComboBox(choices=list(DEVICES), value="auto",
+                                tooltip="auto: CUDA when available, else the CPU")
+        self._device_info = Label(value="")
+        device_row = Container(layout="horizontal", labels=False, label="device",
+                               widgets=[self._device, self._device_info])
+        device_row.margins = (0, 0, 0, 0)
+        self._batch = SpinBox(label="batch size", min=1, max=64, value=8,
+                              tooltip="slices per forward pass in whole-volume runs")
+        self._slice_button = PushButton(text="Segment slice",
+                                        tooltip="segment the slice shown (instant)")
+        self._volume_button = PushButton(text="Segment volume",
+                                         tooltip="segment every slice in the background")
+        self._cancel_button = PushButton(text="Cancel", enabled=False)
+        buttons = Container(layout="horizontal", labels=False,
+                            widgets=[self._slice_button, self._volume_button, self._cancel_button])
+        buttons.margins = (0, 0, 0, 0)
+        self._follow = CheckBox(text="follow the slider (segment each slice shown)", value=False)
+        self._progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self._status = Label(label="status", value="")
+        self._threshold = FloatSlider(label="box score ≥", min=0.0, max=1.0, step=0.01,
+                                      value=DEFAULT_SCORE_THRESHOLD,
+                                      tooltip="boxes drawn; the mask does not change")
+        self._top_k = SpinBox(label="boxes per slice", min=1, max=300, value=DEFAULT_TOP_K,
+                              tooltip="at most this many best boxes drawn per slice")
+        self.extend([self._image, self._model_source, self._checkpoint, self._model_info,
+                     device_row, self._batch, buttons, self._follow,
+                     self._progress, self._status, self._threshold, self._top_k])
+
+        self._model_source.changed.connect(self._on_model_source)
+        self._checkpoint.changed.connect(self._on_checkpoint)
+        self._device.changed.connect(self.resolve_device)
+        self._slice_button.changed.connect(self.run_slice)
+        self._volume_button.changed.connect(self.run_volume)
+        self._cancel_button.changed.connect(self.cancel)
+        self._follow.changed.connect(self._on_follow_toggled)
+        self._threshold.changed.connect(self.refresh_boxes)
+        self._top_k.changed.connect(self.refresh_boxes)
+
+        layers_events = self.viewer.layers.events
+        layers_events.inserted.connect(self._on_layer_inserted)
+        layers_events.removed.connect(self._on_layer_removed)
+        layers_events.reordered.connect(self._refresh_images)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._refresh_images)
+        self._follow_timer = QTimer(self.native)
+        self._follow_timer.setSingleShot(True)
+        self._follow_timer.setInterval(self.FOLLOW_DELAY_MS)
+        self._follow_timer.timeout.connect(self._follow_now)
+        self.viewer.dims.events.current_step.connect(self._on_step)
+
+        self._refresh_images()
+        if model is not None:
+            self.set_model(model)
+        self.resolve_device()
+
+    # ------------------------------------------------------------------ image layer choice
+
+    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_images(self, _event: Any = None) -> None:
+        self._image.reset_choices()
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        event.value.events.name.connect(self._refresh_images)
+        self._refresh_images()
+
+    def _on_layer_removed(self, event: Any) -> None:
+        self.sessions.pop(event.value, None)
+        self._refresh_images()
+
+    @property
+    def image_layer(self) -> Image | None:
+        return self._image.value
+
+    @image_layer.setter
+    def image_layer(self, layer: Image) -> None:
+        self._refresh_images()
+        self._image.value = layer
+
+    def current_slice(self, layer: Image) -> int:
+        """Index of the slice of ``layer`` shown in the viewer (respects scale and translate)."""
+        if layer.ndim == 2:
+            return 0
+        position = layer.world_to_data(self.viewer.dims.point)[0]
+        return int(np.clip(np.round(position), 0, layer.data.shape[0] - 1))
+
+    # ------------------------------------------------------------------ model and device
+
+    def set_model(self, net: Any, description: str = "in-memory model") -> None:
+        """Use ``net`` (a torch module, e.g. just fine-tuned); it stays on offer as "in-memory
+        model" in the model list after another model is chosen."""
+        self._memory_model = (net, describe_model(net, None, description))
+        with self._model_source.changed.blocked():
+            self._model_source.reset_choices()
+            self._model_source.value = IN_MEMORY
+        self._on_model_source(IN_MEMORY)
+
+    def _model_choices(self, _widget: Any = None) -> list[str]:
+        # A callable: napari calls reset_choices() on docked widgets when layers change.
+        extra = [IN_MEMORY] if self._memory_model is not None else []
+        return [DEFAULT_MODEL, CHECKPOINT_FILE, *extra]
+
+    @property
+    def model_text(self) -> str:
+        return self._model_info.value
+
+    def _on_model_source(self, source: str) -> None:
+        self._checkpoint.visible = source == CHECKPOINT_FILE
+        self._net = None
+        if source == IN_MEMORY and self._memory_model is not None:
+            self._net, self._model_info.value = self._memory_model
+        elif source == DEFAULT_MODEL:
+            self._model_info.value = "shipped default (loads on first run)"
+        elif Path(self._checkpoint.value).is_file():
+            self.load_model()
+        else:
+            self._model_info.value = "choose a checkpoint file (.pt)"
+
+    def _on_checkpoint(self, _path: Any = None) -> None:
+        self._net = None
+        if self._model_source.value != CHECKPOINT_FILE:
+            self._model_source.value = CHECKPOINT_FILE  # calls load_model through _on_model_source
+        else:
+            self.load_model()
+
+    def load_model(self) -> Any:
+        """Load the chosen model (once); on failure show why and return None."""
+        if self._net is not None:
+            return self._net
+        try:
+            prepare_torch_import()
+            from src_model.checkpoint import load_checkpoint
+
+            if self._model_source.value == DEFAULT_MODEL:
+                path, source = default_checkpoint(), "shipped default"
+                if not path.is_file():
+                    raise FileNotFoundError(
+                        f"the shipped default model {path} is missing from this installation; "
+                        "reinstall napari-roiseg or choose a checkpoint file")
+            else:
+                path = Path(self._checkpoint.value)
+                source = path.name
+                if not path.is_file():
+                    raise FileNotFoundError(f"'{path}' is not a file: choose a checkpoint (.pt) "
+                                            "written by roiseg train or the Fine-tune widget")
+            net, metadata = load_checkpoint(path)
+            net.eval()
+        except Exception as exc:  # GUI boundary: any failure becomes a message, never a crash
+            self._model_info.value = "not loaded (see the error message)"
+            show_error(f"Could not load the model: {exc}")
+            return None
+        self._net = net
+        self._model_info.value = describe_model(net, metadata, source)
+        return net
+
+    def resolve_device(self, _choice: Any = None) -> str | None:
+        """The device the model will run on, shown as e.g. "auto -> cpu"; None if unavailable."""
+        choice = self._device.value
+        try:
+            prepare_torch_import()
+            from src_model.device import resolve_device
+
+            device = str(resolve_device(choice))
+        except Exception as exc:  # e.g. cuda asked for on a machine without a GPU
+            self._device_info.value = f"{choice}: unavailable"
+            show_error(f"Device '{choice}' cannot be used: {exc}")
+            return None
+        self._device_info.value = f"{choice} -> {device}"
+        return device
+
+    # ------------------------------------------------------------------ runs
+
+    def _session(self, layer: Image, shape: tuple[int, ...]) -> Session:
+        session = self.sessions.get(layer)
+        if session is None or session.result.labels.shape != shape:
+            result = VolumeSegmentation(np.zeros(shape, np.uint8), np.zeros((0, 6), np.float32),
+                                        np.zeros(shape[0], bool))
+            session = self.sessions[layer] = Session(result, ResultLayers(self.viewer, layer))
+        return session
+
+    def _prepare(self) -> tuple[Any, Session, Any, str] | None:
+        """Check the inputs, load the model, get the output layers ready; notify on problems."""
+        layer = self.image_layer
+        if layer is None:
+            show_error("No image to segment: open a volume (File > Open, or File > Open Sample > "
+                       "ROI Seg) and choose it under 'image'.")
+            return None
+        try:
+            data, _ = image_array(layer)
+            volume = check_volume(data)
+        except (TypeError, ValueError) as exc:
+            show_error(f"Cannot segment '{layer.name}': {exc}")
+            return None
+        net = self.load_model()
+        device = self.resolve_device() if net is not None else None
+        if net is None or device is None:
+            return None
+        session = self._session(layer, volume.shape)
+        if session.model is not net:
+            session.result.done[:] = False
+            session.model = net
+        self._notify(session.layers.prepare(session.result.labels))
+        return volume, session, net, device
+
+    def run_slice(self, _value: Any = None) -> int | None:
+        """Segment the slice shown, synchronously; returns its index (None if nothing ran)."""
+        if self._run is not None:
+            show_info("A whole-volume run is in progress: wait for it or cancel it first.")
+            return None
+        prepared = self._prepare()
+        if prepared is None:
+            return None
+        volume, session, net, device = prepared
+        k = self.current_slice(self.image_layer)
+        try:
+            _drain(iter_segment(volume, net, device=device, batch_size=1, slices=[k],
+                                out=session.result))
+        except Exception as exc:  # GUI boundary
+            show_error(f"Segmenting slice {k} failed: {exc}")
+            return None
+        self._notify(session.layers.write_slices(session.result.labels, [k]))
+        shown = self.show_boxes(session)
+        area = int(session.result.labels[k].sum())
+        self._status.value = f"slice {k}: mask {area} px, {shown} boxes shown"
+        return k
+
+    def run_volume(self, _value: Any = None, *, sync: bool = False) -> Any:
+        """Segment every slice; in a napari worker (returned) unless ``sync`` (tests, scripts).
+
+        Slices appear in the mask layer as their batch finishes; Cancel keeps what is done.
+        """
+        if self._run is not None:
+            show_info("A whole-volume run is already in progress.")
+            return None
+        prepared = self._prepare()
+        if prepared is None:
+            return None
+        volume, session, net, device = prepared
+        total = volume.shape[0]
+        run = self._run = VolumeRun(session, total)
+        run.pbar = progress(total=total, desc=f"Segmenting {self.image_layer.name}")
+        self._progress.max, self._progress.value = total, 0
+        self._status.value = f"segmenting {total} slices…"
+        self._set_running(True)
+        kwargs = {"device": device, "batch_size": int(self._batch.value), "out": session.result}
+        if sync:
+            try:
+                for step in iter_segment(volume, net, **kwargs):
+                    self._on_progress(step)
+            except Exception as exc:  # GUI boundary
+                self._on_error(exc)
+            self._on_finished()
+            return None
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(iter_segment, volume, net, _start_thread=False,
+                               _ignore_errors=True, **kwargs)
+        worker.yielded.connect(self._on_progress)
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def cancel(self, _value: Any = None) -> None:
+        """Stop a whole-volume run after the batch in progress; its slices stay."""
+        if self.worker is not None and self._run is not None:
+            self._run.cancelled = True
+            self._status.value = "cancelling after this batch…"
+            self.worker.quit()
+
+    # Worker signals arrive in the GUI thread in order (every finished batch is yielded before
+    # aborted/finished), but napari's progress bars, notifications and new layers process Qt
+    # events, so a slot can be entered again while it runs. Hence: record the worker's count
+    # first, do the GUI work in one non-reentrant _flush, and finish only after it.
+    def _on_progress(self, step: tuple[int, int]) -> None:
+        run = self._run
+        if run is None:
+            return
+        run.reported = max(run.reported, int(step[0]))
+        run.batches += 1
+        self._flush()
+
+    def _flush(self) -> None:
+        run = self._run
+        if run is None or self._flushing:
+            return
+        self._flushing = True
+        try:
+            while run.done < run.reported:
+                start, run.done = run.done, run.reported
+                self._progress.value = run.done
+                self._notify(run.session.layers.write_slices(run.session.result.labels,
+                                                             range(start, run.done)))
+                run.pbar.update(run.done - start)
+                if run.batches - run.boxes_at >= self.SHAPES_EVERY:
+                    run.boxes_at = run.batches
+                    self.show_boxes(run.session)
+        finally:
+            self._flushing = False
+        if self._finish_pending:
+            self._on_finished()
+
+    def _on_error(self, exc: BaseException) -> None:
+        if self._run is not None:
+            self._run.error = str(exc)
+        show_error(f"Segmentation failed: {exc}")
+
+    def _on_aborted(self) -> None:
+        if self._run is not None:
+            self._run.cancelled = True
+
+    def _on_finished(self) -> None:
+        if self._flushing:
+            self._finish_pending = True
+            return
+        self._finish_pending = False
+        self._flush()
+        run, self._run, self.worker = self._run, None, None
+        if run is None:
+            return
+        self.last_run = run
+        run.pbar.close()
+        shown = self.show_boxes(run.session)
+        self._set_running(False)
+        if run.error:
+            state = "failed"
+        elif run.cancelled and run.done < run.total:
+            state = "cancelled"
+        else:
+            state = "done"
+        self._status.value = f"{state}: {run.done}/{run.total} slices, {shown} boxes shown"
+
+    def _set_running(self, running: bool) -> None:
+        for w in (self._slice_button, self._volume_button, self._image, self._model_source,
+                  self._checkpoint, self._device, self._batch):
+            w.enabled = not running
+        self._cancel_button.enabled = running
+
+    # ------------------------------------------------------------------ boxes and follow mode
+
+    def show_boxes(self, session: Session) -> int:
+        """Redraw ``session``'s boxes with the current threshold and top-k (no model run)."""
+        return session.layers.show_boxes(session.result.boxes, float(self._threshold.value),
+                                         int(self._top_k.value))
+
+    def refresh_boxes(self, _value: Any = None) -> None:
+        """Apply the threshold / top-k controls to every image's boxes already drawn."""
+        for session in self.sessions.values():
+            if session.layers.boxes_layer is not None:
+                self.show_boxes(session)
+
+    def _on_step(self, _event: Any = None) -> None:
+        if self._follow.value and self._run is None:
+            self._follow_timer.start()
+
+    def _on_follow_toggled(self, on: bool) -> None:
+        if on:
+            self._follow_now()
+
+    def _follow_now(self) -> None:
+        layer = self.image_layer
+        if not self._follow.value or self._run is not None or layer is None:
+            return
+        session = self.sessions.get(layer)
+        k = self.current_slice(layer)
+        if (session is not None and self._net is not None and session.model is self._net
+                and k < len(session.result.done) and session.result.done[k]):
+            return  # already segmented by this model
+        if self.run_slice() is None:
+            self._follow.value = False  # one message, not one per slider step
+
+    @staticmethod
+    def _notify(message: str | None) -> None:
+        if message:
+            show_info(message)

@@ -1,0 +1,103 @@
+"""Functions for scripts and the napari console: what the dock widgets do, without a GUI.
+
+Importing this module is cheap: torch and the model load only when a function needs them.
+Each function raises on bad input (with a message saying what would work); the widgets turn
+those errors into napari notifications.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from .finetune import evaluate, finetune
+from .layers import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, add_result_layers, image_array
+from .segment import segment_array
+
+__all__ = ["evaluate", "finetune", "prepare_torch_import", "segment_volume"]
+
+
+def prepare_torch_import() -> None:
+    """Call before the first torchvision import in a process that may show napari.
+
+    torchvision imports ``torch._dynamo``, which imports triton when it is installed (CUDA builds
+    of torch ship it). Triton carries its own LLVM; loaded into a process where Mesa's software
+    OpenGL (llvmpipe: Xvfb, remote desktops, VMs) has already mapped the system libLLVM, both
+    register the same LLVM options and the process dies with a segmentation fault -- napari and
+    any unsaved work with it. Triton only serves ``torch.compile`` GPU kernels, which this plugin
+    does not use, so when libLLVM is already mapped and triton is not yet imported, it is hidden
+    from torch (``import triton`` then raises ImportError, which torch handles).
+    """
+    if "triton" in sys.modules or "torchvision" in sys.modules:
+        return
+    try:
+        with open("/proc/self/maps") as maps:
+            llvm_mapped = "libLLVM" in maps.read()
+    except OSError:  # not Linux: no Mesa llvmpipe clash known there
+        return
+    if llvm_mapped:
+        sys.modules["triton"] = None  # type: ignore[assignment]
+
+
+def segment_volume(
+    image: Any,
+    model: Any = None,
+    device: str = "auto",
+    viewer: Any = None,
+    *,
+    score_threshold: float | None = None,
+    top_k: int | None = None,
+    batch_size: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Segment every slice of a volume; optionally show the result in a napari viewer.
+
+    Parameters
+    ----------
+    image : array or napari.layers.Image
+        Grayscale ``(slices, height, width)`` volume or one ``(height, width)`` slice, any real
+        dtype (intensities are normalised over the whole volume). RGB layers are refused.
+    model : None, path or torch.nn.Module
+        None: the shipped default model; a checkpoint path (``src_model.checkpoint`` format);
+        or a model object (e.g. a freshly fine-tuned one).
+    device : {"auto", "cpu", "cuda"}
+        "auto" picks CUDA when available.
+    viewer : napari.Viewer, optional
+        When given, adds a Labels layer (the mask) and a Shapes layer (the boxes, one rectangle
+        per box on its slice) placed on the image layer's scale and translation.
+    score_threshold, top_k : optional
+        Passed to the model: only proposals with at least this RPN score, and at most the
+        ``top_k`` best per slice, are used as ROIs (None: the model's defaults, i.e. all
+        post-NMS proposals). The Shapes layer shows boxes with these limits, or with score
+        >= 0.5 and the 3 best per slice when they are None.
+    batch_size : int
+        Slices per forward pass.
+
+    Returns
+    -------
+    labels : uint8 array
+        0/1 mask with the image's shape (2D for a 2D image).
+    boxes : float32 array (N, 6)
+        Every box the model kept, rows ``slice, y1, x1, y2, x2, score`` (slice 0 for 2D).
+
+    Examples
+    --------
+    In napari's console (``viewer`` is predefined), with a volume open as the selected layer::
+
+        from napari_roiseg.api import segment_volume
+        labels, boxes = segment_volume(viewer.layers.selection.active, viewer=viewer)
+        boxes[boxes[:, 5] > 0.9]          # confident boxes: slice, y1, x1, y2, x2, score
+        labels.sum(axis=(1, 2))           # mask area per slice
+    """
+    data, layer = image_array(image)
+    prepare_torch_import()
+    result = segment_array(data, model, device=device, batch_size=batch_size,
+                           score_threshold=score_threshold, top_k=top_k)
+    labels = result.labels if data.ndim == 3 else result.labels[0]
+    if viewer is not None:
+        add_result_layers(
+            viewer, layer, labels, result.boxes,
+            score_threshold=DEFAULT_SCORE_THRESHOLD if score_threshold is None else score_threshold,
+            top_k=DEFAULT_TOP_K if top_k is None else top_k)
+    return labels, result.boxes

@@ -1,0 +1,119 @@
+"""napari_roiseg.layers: exact box conversions and filtering, then the layers in a viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_roiseg.layers import (
+    ResultLayers,
+    add_result_layers,
+    box_features,
+    box_rectangles,
+    filter_boxes,
+    image_array,
+)
+
+# rows: slice, y1, x1, y2, x2, score
+BOXES = np.array([
+    [1, 10, 20, 30, 40, 0.40],
+    [0, 1, 2, 3, 4, 0.90],
+    [1, 11, 21, 31, 41, 0.95],
+    [1, 12, 22, 32, 42, 0.70],
+    [0, 5, 6, 7, 8, 0.60],
+    [1, 13, 23, 33, 43, 0.70],
+], np.float32)
+
+
+def test_box_rectangles_3d_exact():
+    rect = box_rectangles(BOXES[:1])
+    assert rect.shape == (1, 4, 3)
+    np.testing.assert_array_equal(rect[0], [[1, 10, 20], [1, 10, 40], [1, 30, 40], [1, 30, 20]])
+
+
+def test_box_rectangles_2d_drops_slice():
+    rect = box_rectangles(BOXES[1:2], ndim=2)
+    np.testing.assert_array_equal(rect[0], [[1, 2], [1, 4], [3, 4], [3, 2]])
+
+
+def test_box_rectangles_empty_and_bad_shape():
+    assert box_rectangles(np.zeros((0, 6))).shape == (0, 4, 3)
+    with pytest.raises(ValueError, match=r"\(N, 6\)"):
+        box_rectangles(np.zeros((3, 5)))
+
+
+def test_box_features():
+    f = box_features(BOXES[:2])
+    np.testing.assert_allclose(f["score"], [0.4, 0.9], rtol=1e-6)
+    assert f["slice"].tolist() == [1, 0] and f["slice"].dtype.kind == "i"
+
+
+def test_filter_boxes_threshold_and_top_k_exact():
+    out = filter_boxes(BOXES, score_threshold=0.5, top_k=2)
+    # slice 0: 0.90, 0.60; slice 1: 0.95, then the first of the two 0.70 rows (input order)
+    np.testing.assert_array_equal(out, BOXES[[1, 4, 2, 3]])
+
+
+def test_filter_boxes_no_limits_sorts_by_slice_then_score():
+    out = filter_boxes(BOXES, score_threshold=None, top_k=None)
+    np.testing.assert_array_equal(out, BOXES[[1, 4, 2, 3, 5, 0]])
+
+
+def test_filter_boxes_edges():
+    assert filter_boxes(BOXES, 0.96, None).shape == (0, 6)
+    assert filter_boxes(BOXES, None, 0).shape == (0, 6)
+    assert filter_boxes(np.zeros((0, 6)), 0.5, 3).shape == (0, 6)
+    np.testing.assert_array_equal(filter_boxes(BOXES, 0.95, 1), BOXES[[2]])  # >= threshold
+    with pytest.raises(ValueError, match="top_k"):
+        filter_boxes(BOXES, 0.5, -1)
+
+
+def test_image_array_accepts_arrays_and_rejects_other_shapes():
+    data, layer = image_array(np.zeros((2, 20, 20)))
+    assert data.shape == (2, 20, 20) and layer is None
+    with pytest.raises(ValueError, match="slices, height, width"):
+        image_array(np.zeros((2, 2, 20, 20)))
+
+
+# --------------------------------------------------------------------------- in a viewer
+
+
+def test_result_layers_follow_image_and_keep_edits(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((4, 32, 24), np.uint8), name="vol", scale=(2.5, 1, 0.5),
+                             translate=(3, 0, 1))
+    out = ResultLayers(viewer, image)
+    labels = np.zeros((4, 32, 24), np.uint8)
+    assert out.prepare(labels) is None
+    labels[2, 5:9, 5:9] = 1
+    out.write_slices(labels, [2])
+    first = out.labels_layer
+    assert first.name == "vol mask" and first.data[2].sum() == 16
+    np.testing.assert_array_equal(first.scale, image.scale)
+    np.testing.assert_array_equal(first.translate, image.translate)
+
+    assert out.show_boxes(BOXES, 0.5, 1) == 2
+    shapes = out.boxes_layer
+    np.testing.assert_array_equal(shapes.scale, image.scale)
+    assert [int(v[0, 0]) for v in shapes.data] == shapes.features["slice"].tolist() == [0, 1]
+    assert out.show_boxes(BOXES, 0.0, 10) == 6 and shapes.nshapes == 6
+    assert out.boxes_layer is shapes  # updated in place
+
+    # unedited: the next run writes in place
+    assert out.prepare(labels) is None and out.labels_layer is first
+    # painted on: the next run goes to a new layer and the edit stays
+    first.data[0, 0, 0] = 1
+    message = out.prepare(labels)
+    assert message and "vol mask" in message
+    assert out.labels_layer is not first and first.data[0, 0, 0] == 1
+    np.testing.assert_array_equal(out.labels_layer.data, labels)
+
+
+def test_add_result_layers_2d(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((32, 24), np.float32), name="frame")
+    labels = np.zeros((32, 24), np.uint8)
+    lab, shp = add_result_layers(viewer, image, labels, BOXES[1:2])
+    assert lab.data.shape == (32, 24) and lab.data is not labels
+    assert shp.ndim == 2 and shp.nshapes == 1
+    np.testing.assert_array_equal(shp.data[0], [[1, 2], [1, 4], [3, 4], [3, 2]])
