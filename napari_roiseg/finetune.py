@@ -1,0 +1,409 @@
+"""Fine-tuning on corrected slices: the training generator, its plot, and the script API.
+
+The engine of the Fine-tune dock widget and of ``api.finetune`` / ``api.evaluate``; no napari or
+Qt here, and torch is imported only inside the functions that train or load a model.
+
+* :func:`iter_finetune`: ``src_model.train.train_iter`` on the corrected slices of one volume,
+  yielding its progress records; saves a new version when a :class:`~.project.Project` is given.
+* :class:`TrainingHistory` collects what the live plot shows; :func:`draw_history` draws it on any
+  matplotlib Figure (the widget's canvas, a PNG).
+* :func:`finetune` and :func:`evaluate`: the same for scripts and the napari console.
+
+Corrections and slice plans live in :mod:`.corrections`, the project folder in :mod:`.project`;
+their names are re-exported here.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .corrections import (
+    MARKS,
+    Corrections,
+    SlicePlan,
+    detect_corrected,
+    format_slices,
+    parse_slices,
+    plan_slices,
+)
+from .project import Project, default_project_folder, metrics_summary
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from src_model.train import TrainProgress
+
+__all__ = [
+    "MARKS", "Corrections", "FinetuneConfig", "FinetuneResult", "Project", "SlicePlan",
+    "TrainingHistory", "default_project_folder", "detect_corrected", "drain", "draw_history",
+    "evaluate", "finetune", "format_slices", "iter_finetune", "parse_slices", "plan_slices",
+]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning settings. ``epochs`` (when set) overrides ``steps``: one epoch is one pass over
+    the training slices. ``eval_every`` 0 validates about 20 times per run."""
+
+    steps: int = 60
+    epochs: float | None = None
+    lr: float = 1e-4
+    batch_size: int = 4
+    augment: bool = True
+    eval_every: int = 0
+    seed: int = 0
+    device: str = "auto"
+
+    def total_steps(self, n_train: int) -> int:
+        if self.epochs is not None:
+            per_epoch = math.ceil(n_train / max(1, min(self.batch_size, n_train)))
+            return max(1, math.ceil(self.epochs * per_epoch))
+        return max(1, int(self.steps))
+
+
+@dataclass
+class TrainingHistory:
+    """What the live plot shows, collected from ``TrainProgress`` records (GUI-free)."""
+
+    loss_steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    metric_steps: list[int] = field(default_factory=list)
+    dice: list[float] = field(default_factory=list)
+    precision: list[float] = field(default_factory=list)
+    recall: list[float] = field(default_factory=list)
+    before: dict[str, float] | None = None
+    best_step: int | None = None
+    total_steps: int = 0
+    state: str = "idle"
+
+    def add(self, record: TrainProgress) -> None:
+        self.total_steps = record.total_steps
+        self.state = record.state
+        if record.best_step is not None:
+            self.best_step = record.best_step
+        if record.losses and record.state == "running":
+            self.loss_steps.append(record.step)
+            self.loss.append(float(sum(record.losses.values())))
+        if record.metrics:
+            m = record.metrics["per_slice_mean"]
+            if record.step == 0 and self.before is None:
+                self.before = {k: float(m[k]) for k in ("dice", "precision", "recall")}
+            if self.metric_steps and self.metric_steps[-1] == record.step:
+                return  # the final record repeats the last periodic evaluation
+            self.metric_steps.append(record.step)
+            for k in ("dice", "precision", "recall"):
+                getattr(self, k).append(float(m[k]))
+
+
+_COLOURS = {"dice": "tab:blue", "precision": "tab:orange", "recall": "tab:green"}
+
+
+def draw_history(figure: Any, history: TrainingHistory, title: str | None = None) -> None:
+    """Draw ``history`` on a matplotlib ``Figure``: loss on top; validation dice, precision and
+    recall (per-slice mean) below, with their before-training values dashed and the best step
+    dotted. Imports matplotlib only here."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    figure.clear()
+    ax_loss, ax_m = figure.subplots(2, 1, sharex=True)
+    ax_loss.plot(history.loss_steps, history.loss, color="0.25", lw=1)
+    ax_loss.set_ylabel("loss")
+    if title:
+        ax_loss.set_title(title, fontsize=9)
+    for name, colour in _COLOURS.items():
+        ax_m.plot(history.metric_steps, getattr(history, name), "o-", color=colour, ms=3, lw=1.2,
+                  label=name)
+        if history.before is not None:
+            ax_m.axhline(history.before[name], color=colour, ls="--", lw=0.8, alpha=0.7)
+    if history.best_step is not None and history.metric_steps:
+        ax_m.axvline(history.best_step, color="0.5", ls=":", lw=0.8)
+    ax_m.set_ylim(-0.02, 1.02)
+    ax_m.set_xlim(0, max(1, history.total_steps))
+    ax_m.set_xlabel("step")
+    ax_m.set_ylabel("validation")
+    handles, names = ax_m.get_legend_handles_labels()
+    if history.before is not None:
+        handles.append(Line2D([], [], color="0.3", ls="--", lw=0.8))
+        names.append("before")
+    ax_m.legend(handles, names, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                ncol=4, frameon=False, borderaxespad=0.1)
+    ax_m.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (ax_loss, ax_m):
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+
+
+@dataclass
+class FinetuneResult:
+    """A finished (or stopped) fine-tuning run. ``before`` / ``after``: validation metrics
+    (``evaluate_masks``) of the starting model and of the kept weights; ``version``: the saved
+    version's name (None without a project, or when nothing was trained)."""
+
+    model: Any
+    state: str
+    steps_done: int
+    train: tuple[int, ...]
+    validation: tuple[int, ...]
+    negatives: tuple[int, ...]
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    history: TrainingHistory
+    message: str
+    seconds: float
+    parent: str | None = None
+    version: str | None = None
+
+    def info(self, config: FinetuneConfig) -> dict[str, Any]:
+        """Plain-data description stored with the version."""
+        return {"parent": self.parent, "state": self.state, "steps_done": self.steps_done,
+                "train_slices": list(self.train), "validation_slices": list(self.validation),
+                "negative_slices": list(self.negatives), "seconds": round(self.seconds, 2),
+                "metrics_before": metrics_summary(self.before),
+                "metrics_after": metrics_summary(self.after), "config": asdict(config)}
+
+
+def _as_array(data: Any) -> np.ndarray:
+    """Arrays, or the data of a napari layer (no napari import needed)."""
+    if hasattr(data, "data") and hasattr(data, "name") and not isinstance(data, np.ndarray):
+        data = data.data[0] if getattr(data, "multiscale", False) else data.data
+    return np.asarray(data)
+
+
+def iter_finetune(
+    image: np.ndarray,
+    labels: np.ndarray,
+    train: Sequence[int],
+    validation: Sequence[int] = (),
+    model: Any = None,
+    config: FinetuneConfig = FinetuneConfig(),
+    *,
+    negatives: Sequence[int] = (),
+    should_stop: Callable[[], bool] | None = None,
+    project: Project | None = None,
+    parent: str | None = None,
+) -> Generator[TrainProgress, None, FinetuneResult]:
+    """Fine-tune a copy of ``model`` on slices ``train`` of ``(image, labels)``, yielding every
+    ``TrainProgress`` record; the return value is a :class:`FinetuneResult`.
+
+    ``image`` (S, H, W) any real dtype, normalised over the whole volume as inference does;
+    ``labels`` (S, H, W), foreground ``!= 0``; ``negatives`` are trained (or validated) as empty
+    masks whatever ``labels`` hold there. With ``validation`` slices the weights with the best
+    validation dice are kept (also after a stop); step 0 holds the starting model's metrics.
+    ``model`` is never changed (None: the shipped default). With ``project`` the result is saved
+    as a new version whose parent is ``parent`` (default: the project's current version).
+    """
+    import time
+
+    from src_model.data import SliceDataset
+    from src_model.preprocess import normalize_slices
+    from src_model.train import TrainConfig, train_iter
+
+    from .segment import check_volume, load_model
+
+    volume = check_volume(_as_array(image))
+    truth = (_as_array(labels) != 0).astype(np.uint8)
+    if truth.ndim == 2:
+        truth = truth[None]
+    if truth.shape != volume.shape:
+        raise ValueError(f"labels {truth.shape} must have the image's shape {volume.shape}")
+    train, validation = [int(k) for k in train], [int(k) for k in validation]
+    negatives = sorted(set(int(k) for k in negatives))
+    if not train:
+        raise ValueError("no training slices: correct some slices (or mark them) first")
+    bad = [k for k in (*train, *validation, *negatives) if not 0 <= k < volume.shape[0]]
+    if bad:
+        raise ValueError(f"slices {format_slices(bad)} are outside the volume "
+                         f"(0..{volume.shape[0] - 1})")
+    truth[negatives] = 0
+    net = copy.deepcopy(load_model(model))  # the caller's model (a version, the default) stays
+    # Scale as inference does, with whole-volume statistics. uint8 is simply divided by 255
+    # (SliceDataset does that itself), so only the slices used are converted. SliceDataset would
+    # re-normalise other dtypes on the training subset alone: they go in as the whole-volume
+    # normalisation quantised to 8 bits.
+    if volume.dtype == np.uint8:
+        train_images = volume[train]
+        val_images = normalize_slices(volume[validation]) if validation else None
+    else:
+        images = normalize_slices(volume)
+        train_images = np.round(images[train] * 255).astype(np.uint8)
+        val_images = images[validation] if validation else None
+    dataset = SliceDataset([(train_images, truth[train])], negatives="all",
+                           augment=config.augment, seed=config.seed)
+    steps = config.total_steps(len(train))
+    tc = TrainConfig(steps=steps, batch_size=max(1, min(config.batch_size, len(train))),
+                     lr=config.lr, seed=config.seed, device=config.device,
+                     eval_every=config.eval_every or max(1, steps // 20))
+    val = (val_images, truth[validation]) if validation else None
+    parent = parent if parent is not None else (project.current_version if project else None)
+    history = TrainingHistory(total_steps=steps)
+    t0 = time.perf_counter()
+    gen = train_iter(net, dataset, tc, validation=val, should_stop=should_stop)
+    while True:
+        try:
+            record = next(gen)
+        except StopIteration as stop:
+            outcome = stop.value
+            break
+        history.add(record)
+        yield record
+    net.eval()
+    last = outcome.history[-1] if outcome.history else None
+    result = FinetuneResult(
+        net, outcome.state, outcome.steps_done, tuple(train), tuple(validation), tuple(negatives),
+        outcome.history[0].metrics if val is not None and outcome.history else None,
+        outcome.best_metrics, history, last.message if last else "", time.perf_counter() - t0,
+        parent)
+    if project is not None and result.steps_done > 0 and result.state in ("finished", "stopped"):
+        result.version = project.add_version(net, result.info(config))
+    return result
+
+
+def drain(gen: Generator[Any, None, Any], on_item: Callable[[Any], None] | None = None) -> Any:
+    """Run a generator to its end, handing each item to ``on_item``; return its return value
+    (the synchronous path for scripts and tests)."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_item is not None:
+            on_item(item)
+
+
+# --------------------------------------------------------------------------- script API
+
+
+def finetune(
+    image: Any,
+    labels: Any,
+    slices: Sequence[int] | None = None,
+    model: Any = None,
+    steps: int = 60,
+    *,
+    validation: Sequence[int] | None = None,
+    negatives: Sequence[int] = (),
+    lr: float = 1e-4,
+    batch_size: int = 4,
+    epochs: float | None = None,
+    augment: bool = True,
+    project: str | os.PathLike | Project | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    on_progress: Callable[[Any], None] | None = None,
+) -> nn.Module:
+    """Fine-tune a model on corrected slices and return the new model version.
+
+    Parameters
+    ----------
+    image : array or napari.layers.Image
+        Grayscale volume ``(slices, height, width)``, any real dtype.
+    labels : array or napari.layers.Labels
+        Labels of the same shape; only ``slices`` (and ``negatives``) are read. Foreground is
+        ``!= 0``.
+    slices : sequence of int, optional
+        The corrected slices to learn from; None: every slice with any foreground in ``labels``.
+    model : None, path or torch.nn.Module
+        Where to start: a checkpoint, a model (e.g. an earlier result of this function), or
+        None: the project's current version, else the shipped default. It is not changed.
+    steps : int
+        Optimisation steps (``batch_size`` slices each); ``epochs`` overrides it.
+    validation : sequence of int, optional
+        Slices held out to pick the best weights and report dice. None chooses them among
+        ``slices`` (about a quarter, never direct neighbours of training slices; none when fewer
+        than 3 slices); ``[]`` trains on all slices and keeps the last weights.
+    negatives : sequence of int
+        Slices without acetabulum, trained as empty masks.
+    lr, batch_size, augment, seed, device
+        Adam learning rate, slices per step, ultrasound augmentation, seed, "auto"/"cpu"/"cuda".
+    project : folder or Project, optional
+        Save the result there as a new version (``versions/vNNN.pt``) and make it current; a
+        new project first saves the starting model as ``v000``.
+    on_progress : callable, optional
+        Called with every ``src_model.train.TrainProgress`` record.
+
+    Returns
+    -------
+    torch.nn.Module
+        The fine-tuned model, in eval mode; pass it as ``model=`` to ``segment_volume`` or to
+        this function again. Its attribute ``finetune_summary`` (dict) holds the slices used,
+        the state, the validation metrics before and after, and the saved version's name.
+
+    Examples
+    --------
+    In napari's console, after correcting slices of the model's mask layer::
+
+        from napari_roiseg.api import finetune, segment_volume, evaluate
+        new = finetune(viewer.layers["hip"], viewer.layers["hip mask"], slices=[40, 52, 61, 75])
+        labels, boxes = segment_volume(viewer.layers["hip"], model=new, viewer=viewer)
+    """
+    labels_arr = _as_array(labels)
+    if labels_arr.ndim == 2:
+        labels_arr = labels_arr[None]
+    if slices is None:
+        slices = np.flatnonzero(labels_arr.reshape(labels_arr.shape[0], -1).any(axis=1)).tolist()
+    pool = sorted(set(int(k) for k in slices) | set(int(k) for k in negatives))
+    plan = plan_slices(pool, validation=validation)
+    if project is not None and not isinstance(project, Project):
+        project = Project(project)
+    config = FinetuneConfig(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size,
+                            augment=augment, seed=seed, device=device)
+    image_arr = _as_array(image)
+    if project is not None and project.current_version is None:
+        from .segment import load_model
+
+        model = load_model(model)
+        project.add_version(model, {"parent": None, "source": "finetune() start"})
+    elif project is not None and model is None:
+        model = project.load_version()  # continue from the project's current version
+    result: FinetuneResult = drain(
+        iter_finetune(image_arr, labels_arr, plan.train, plan.validation, model, config,
+                      negatives=negatives, project=project), on_progress)
+    net = result.model
+    net.finetune_summary = {**result.info(config), "version": result.version,
+                            "message": result.message, "warnings": list(plan.warnings)}
+    return net
+
+
+def evaluate(pred: Any, truth: Any, slices: Sequence[int] | None = None) -> dict[str, Any]:
+    """Precision, recall and dice of a predicted mask against reference labels.
+
+    Parameters
+    ----------
+    pred, truth : array or napari.layers.Labels
+        Masks ``(H, W)`` or ``(slices, H, W)`` of the same shape; foreground is ``!= 0``.
+    slices : sequence of int, optional
+        Score only these slices (e.g. the corrected ones).
+
+    Returns
+    -------
+    dict
+        ``per_slice_mean`` (the mean over slices, the paper's measure), ``pooled`` (all pixels of
+        all slices counted together) and ``per_slice_mean_nonempty`` (mean over slices where
+        truth or prediction has foreground), each ``{"precision", "recall", "dice"}``; plus
+        ``n_slices`` and ``per_slice`` lists. A slice where both masks are empty scores 1.0.
+
+    Examples
+    --------
+    ::
+
+        scores = evaluate(viewer.layers["hip mask"], viewer.layers["acetabulum ground truth"])
+        scores["per_slice_mean"]["dice"], scores["pooled"]["dice"]
+    """
+    from src_model.metrics import evaluate_masks
+
+    p, t = _as_array(pred), _as_array(truth)
+    if slices is not None:
+        index = [int(k) for k in slices]
+        if p.ndim != 3 or t.ndim != 3:
+            raise ValueError("slices= needs volumes (S, H, W)")
+        p, t = p[index], t[index]
+    return evaluate_masks(p, t)

@@ -1,0 +1,216 @@
+"""The Fine-tune dock widget on a small phantom with a small untrained model injected."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+# At collection, before any test draws with OpenGL: see api.prepare_torch_import.
+pytest.importorskip("torchvision")
+
+from qtpy.QtCore import Qt  # noqa: E402
+
+from napari_roiseg._widgets.finetune_widget import FinetuneWidget  # noqa: E402
+from napari_roiseg.finetune import Project  # noqa: E402
+
+TIMEOUT_MS = 180_000  # two shared CPU cores: generous, the runs themselves take seconds
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    from sample_data.phantom import make_phantom
+
+    return make_phantom(seed=3, n_slices=12, shape=(128, 96))
+
+
+def _model():
+    from src_model.config import get_preset
+    from src_model.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("fast")).eval()
+    with torch.no_grad():  # untrained, but with a mask inside the ROIs so there is one to correct
+        model.head.score.bias[:] = torch.tensor([-2.0, 2.0])
+    return model
+
+
+@pytest.fixture
+def net():
+    return _model()
+
+
+@pytest.fixture(scope="module")
+def prediction(phantom):
+    from napari_roiseg.segment import segment_array
+
+    return segment_array(phantom.volume, _model(), device="cpu", batch_size=4).labels
+
+
+@pytest.fixture
+def setup(make_napari_viewer, phantom, prediction, net, tmp_path):
+    """Viewer with the phantom, the model's mask as a Labels layer and the widget docked."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.volume, name="hip", scale=phantom.spacing)
+    labels = viewer.add_labels(prediction.copy(), name="hip mask", scale=phantom.spacing,
+                               metadata={"roiseg_prediction": prediction})
+    widget = FinetuneWidget(viewer, model=net, project=tmp_path / "proj")
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.select(image, labels)
+    return viewer, image, labels, widget
+
+
+def _correct(labels, phantom, slices) -> None:
+    for k in slices:
+        labels.data[k] = phantom.labels[k]
+    labels.refresh()
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+def test_corrected_slices_are_detected_listed_and_marked(setup, phantom, prediction, qtbot):
+    viewer, image, labels, widget = setup
+    changed = [k for k in (2, 4, 6) if not np.array_equal(prediction[k] != 0, phantom.labels[k] != 0)]
+    assert changed == [2, 4, 6]  # the untrained model is wrong on these: editing changes them
+    _correct(labels, phantom, changed)
+    assert widget.refresh_corrections() == [2, 4, 6]
+
+    # a brush stroke is picked up by itself once painting pauses
+    value = int(prediction[9, 60, 40] == 0)  # paint the pixel over with the other value
+    labels.paint((9, 60, 40), value)
+    assert labels.data[9, 60, 40] == value
+    qtbot.waitUntil(lambda: 9 in widget.corrections.detected, timeout=5000)
+
+    widget.go_to(0)
+    widget.mark_current("negative")
+    widget.go_to(11)
+    widget.mark_current("corrected")
+    widget.go_to(4)
+    widget.mark_current("excluded")
+    assert not labels.data[0].any()  # a negative slice is cleared
+    assert widget.corrections.slices() == [0, 2, 6, 9, 11]
+    items = [widget._list.item(i) for i in range(widget._list.count())]
+    assert [it.data(Qt.ItemDataRole.UserRole) for it in items] == [0, 2, 4, 6, 9, 11]
+    assert "negative" in items[0].text() and "excluded" in items[2].text()
+
+    widget._list.itemClicked.emit(items[3])  # clicking jumps to the slice
+    assert widget.current_slice() == 6
+    assert "slice 6" in widget._readout.value and "dice" in widget._readout.value
+
+    plan = widget.plan()
+    assert all(abs(t - v) > 1 for t in plan.train for v in plan.validation)
+    widget._val_text.value = "2"
+    assert widget.plan().validation == (2,)
+    assert "only 1 validation slice" in widget._plan_info.value
+    # saved as it goes: the project folder has the corrections already
+    saved, planes, _, _ = Project(widget.project.folder).load_corrections()
+    assert sorted(planes) == [0, 2, 6, 9, 11] and saved.marks[4] == "excluded"
+
+
+def test_short_finetune_in_worker_makes_a_version_and_plots(setup, phantom, qtbot):
+    viewer, image, labels, widget = setup
+    _correct(labels, phantom, [2, 4, 6, 9])
+    widget.refresh_corrections()
+    widget._val_text.value = "9"
+    widget._amount.value = 3
+    widget._batch.value = 2
+    draws = widget.canvas.draws
+    worker = widget.start()
+    assert worker is not None and not widget._start_button.enabled
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+
+    result = widget.last_result
+    assert result.state == "finished" and result.steps_done == 3
+    assert result.train == (2, 4, 6) and result.validation == (9,)
+    assert result.version == "v001" == widget.project.current_version
+    assert list(widget.project.versions) == ["v000", "v001"]
+    assert "v001" in widget._version_info.value and "saved as v001" in widget._status.value
+    h = widget.history
+    assert h.loss_steps == [1, 2, 3] and h.metric_steps[0] == 0 and h.before is not None
+    assert len(h.dice) == len(h.precision) == len(h.metric_steps) >= 2
+    qtbot.waitUntil(lambda: widget.canvas.draws > draws, timeout=5000)
+    assert widget._progress.value == 3 and widget._start_button.enabled
+
+    # re-segment with the new version into a new layer; the dice change is shown
+    widget.segment()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    seg = widget.last_segmentation
+    assert seg["layer"].name == "hip v001" and seg["layer"] in viewer.layers
+    assert seg["validation"] == [9] and "before" in seg and "after" in seg
+    assert "validation slices" in widget._segment_info.value
+    widget.go_to(9)
+    assert set(widget.readout_values) == {"model's prediction", "v001"}
+
+
+def test_stop_mid_run_keeps_a_version(setup, phantom, net, qtbot):
+    viewer, image, labels, widget = setup
+    net.register_forward_pre_hook(lambda *_: time.sleep(0.05))  # copied with the model
+    _correct(labels, phantom, [2, 4, 6, 9])
+    widget.refresh_corrections()
+    widget._val_text.value = "9"
+    widget._amount.value = 500
+    widget._batch.value = 1
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.history.loss_steps) >= 1, timeout=TIMEOUT_MS)
+    widget.stop()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    result = widget.last_result
+    assert result.state == "stopped" and 1 <= result.steps_done < 500
+    assert widget.project.versions[result.version]["state"] == "stopped"
+    assert not widget._stop_button.enabled
+
+
+def test_rollback_restores_exact_weights(setup, phantom, net):
+    viewer, image, labels, widget = setup
+    original = {k: v.clone() for k, v in net.state_dict().items()}
+    _correct(labels, phantom, [2, 4, 6])
+    widget.refresh_corrections()
+    widget._val_text.value = "none"  # no validation: the last weights are kept
+    widget._amount.value = 2
+    widget._batch.value = 2
+    widget._lr.value = 1e-3
+    widget.start(sync=True)
+    tuned = widget.last_result.model
+    assert widget.project.current_version == "v001"
+    assert not _same_weights(tuned, net)
+
+    changes = []
+    widget.model_changed.connect(lambda model, text: changes.append(text))
+    widget.use_version("v000")
+    assert changes == ["project version v000"]
+    assert widget.project.current_version == "v000" and widget._version_info.value.startswith("v000")
+    state = widget.model.state_dict()
+    assert state.keys() == original.keys()
+    assert all(torch.equal(state[k], original[k]) for k in original)
+    widget.use_version("v001")
+    assert _same_weights(widget.model, tuned)
+    assert Project(widget.project.folder).current_version == "v001"
+
+
+def test_corrections_survive_closing_and_reopening(make_napari_viewer, setup, phantom, net):
+    viewer, image, labels, widget = setup
+    _correct(labels, phantom, [2, 6])
+    widget.go_to(10)
+    widget.mark_current("negative")
+    widget.go_to(4)
+    widget.mark_current("corrected")
+    folder = widget.project.folder
+    expected = np.array(labels.data, copy=True)
+    marks = dict(widget.corrections.marks)
+    viewer.close()
+
+    viewer2 = make_napari_viewer()  # a new napari session: only the image is open again
+    viewer2.add_image(phantom.volume, name="hip", scale=phantom.spacing)
+    again = FinetuneWidget(viewer2, model=net, project=folder)
+    restored = again.labels_layer
+    assert restored is not None and restored.name == "hip mask"
+    assert np.array_equal(restored.data, expected)
+    assert again.corrections.marks == marks
+    assert again.corrections.slices() == [2, 4, 6, 10]
+    assert again.reference is not None and again.refresh_corrections(save=False) == [2, 6, 10]
+    assert tuple(restored.scale) == tuple(viewer2.layers["hip"].scale)
