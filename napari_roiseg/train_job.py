@@ -144,7 +144,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     from src_model.checkpoint import load_checkpoint, save_checkpoint
     from src_model.config import get_preset
     from src_model.model import build_model
-    from src_model.train import TrainConfig
+    from src_model.train import TrainConfig, dataset_summary
 
     args = _parser().parse_args(argv)
     rank, world, device = distributed.setup()
@@ -173,13 +173,15 @@ def run(argv: Sequence[str] | None = None) -> int:
             model = build_model(get_preset(args.preset, **overrides))
             parent = None
         net = distributed.wrap_model(model, device)
+        from src_model.data import SliceDataset
+
+        # Built here only to size the sampler and describe the data; train_model builds its own.
+        probe = SliceDataset([(v.volume, v.labels) for v in volumes], negatives=negatives,
+                             augment=False, seed=args.seed)
         sampler = None
         if world > 1:
-            from src_model.data import SliceDataset
-
-            n = len(SliceDataset([(v.volume, v.labels) for v in volumes], negatives=negatives,
-                                 augment=False, seed=args.seed))
-            sampler = distributed.ShardedInfiniteSampler(n, args.batch_size, rank, world, args.seed)
+            sampler = distributed.ShardedInfiniteSampler(len(probe), args.batch_size, rank, world,
+                                                         args.seed)
         from tqdm import tqdm
 
         bar = tqdm(total=args.steps, desc="train", unit="step",
@@ -193,7 +195,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             meta = {
                 "training": {**cfg.to_dict(), "world_size": world, "state": outcome.state,
                              "steps_done": outcome.steps_done},
-                "data": {"sources": list(args.sources), "negatives": args.negatives},
+                "data": {**dataset_summary([v.name for v in volumes], probe),
+                         "sources": list(args.sources), "negatives": args.negatives},
                 "parent": parent,
                 "final_losses": outcome.history[-1].losses if outcome.history else {},
             }

@@ -25,7 +25,12 @@ def test_generate_train_segment_evaluate_round_trip(tmp_path, capsys):
     ckpt = tmp_path / "m.pt"
     assert main(["train", str(data), "--steps", "2", "--batch-size", "2", "--quiet",
                  "--out", str(ckpt)]) == 0
-    assert ckpt.exists()
+    from src_model.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(ckpt)
+    assert meta["data"]["n_slices"] > 0 and meta["data"]["sources"] == [str(data)]
+    assert meta["training"]["steps_done"] == 2 and meta["preset"] == "fast"
+    assert {"date", "torch_version", "torchvision_version"} <= set(meta)
     out = tmp_path / "seg"
     assert main(["segment", str(data / "volume.tif"), "--out", str(out), "--model", str(ckpt),
                  "--device", "cpu", "--quiet"]) == 0
