@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dropout", type=float, default=None, help="override the head's dropout")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any ModelConfig field of a new model, e.g. "
+                        "--set anchor_sizes=16,32,64 --set rpn_batch_size_per_image=512")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -169,6 +172,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                 overrides["arch"] = args.arch
             if args.dropout is not None:
                 overrides["dropout"] = args.dropout
+            overrides.update(_parse_overrides(args.set))
             torch.manual_seed(args.seed)  # identical initial weights on every rank
             model = build_model(get_preset(args.preset, **overrides))
             parent = None
@@ -205,6 +209,28 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 0 if outcome.state in ("finished", "stopped") else 3
     finally:
         distributed.teardown()
+
+
+def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> ModelConfig overrides typed like the preset's field."""
+    from src_model.config import ModelConfig
+
+    defaults = ModelConfig()
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not hasattr(defaults, key):
+            raise ValueError(f"--set {item!r}: use KEY=VALUE with a ModelConfig field as KEY")
+        current = getattr(defaults, key)
+        if isinstance(current, tuple):
+            out[key] = tuple(type(current[0])(t) for t in text.split(","))
+        elif isinstance(current, bool):
+            out[key] = text.lower() in ("1", "true", "yes")
+        elif current is None or text.lower() == "none":
+            out[key] = None if text.lower() == "none" else float(text)
+        else:
+            out[key] = type(current)(text)
+    return out
 
 
 def _show(bar, record) -> None:

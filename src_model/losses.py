@@ -6,6 +6,7 @@ The RPN losses (``loss_objectness``, ``loss_rpn_box_reg``) come from torchvision
 
 from __future__ import annotations
 
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -44,10 +45,17 @@ def seg_loss_in_region(logits: Tensor, masks: Tensor, region: Tensor) -> Tensor:
     if region.shape != masks.shape:
         raise ValueError(f"region must be Tensor{list(masks.shape)} bool, got {list(region.shape)}")
     per_pixel = F.cross_entropy(logits, masks.long(), reduction="none")  # [N, H, W]
-    count = region.sum()
     total = per_pixel.masked_fill(~region, 0.0).sum()
+    count = region.sum().to(total.dtype)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        # DDP averages gradients over processes. Dividing by the mean count over processes (not
+        # this process's own) makes that average equal to one process dividing by the count of
+        # the whole global batch, so N processes train exactly like one.
+        count = count.detach().clone()
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
     # clamp: 0 / 1 instead of 0 / 0 when the region is empty.
-    return total / count.clamp(min=1).to(total.dtype)
+    return total / count.clamp(min=1)
 
 
 def seg_loss_all_pixels(logits: Tensor, masks: Tensor) -> Tensor:

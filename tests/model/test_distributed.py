@@ -44,7 +44,10 @@ def _train(tmp_path: Path, name: str, nproc: int, batch: int) -> Path:
     out = tmp_path / f"{name}.pt"
     args = ["phantom:7:12", "--steps", "4", "--batch-size", str(batch), "--no-augment",
             "--negatives", "none", "--dropout", "0", "--optimizer", "sgd", "--lr", "0.01",
-            "--quiet", "--out", str(out)]
+            "--quiet", "--out", str(out),
+            # Sample every anchor and every ROI: no RNG in the losses, so one process with a batch
+            # of 2 and two processes with 1 each compute the same objectness/box losses.
+            "--set", "rpn_batch_size_per_image=100000", "--set", "roi_batch_size_per_image=100000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if nproc == 1:
         cmd = [sys.executable, "-m", "napari_roiseg.train_job", *args]
@@ -57,7 +60,6 @@ def _train(tmp_path: Path, name: str, nproc: int, batch: int) -> Path:
     return out
 
 
-@pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path):
     one = _train(tmp_path, "one", 1, batch=2)
     two = _train(tmp_path, "two", 2, batch=1)
@@ -68,12 +70,13 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     from src_model.config import get_preset
     from src_model.model import build_model
 
-    init = build_model(get_preset("fast", dropout=0.0)).state_dict()
+    init = build_model(get_preset("fast", dropout=0.0, rpn_batch_size_per_image=100000,
+                                  roi_batch_size_per_image=100000)).state_dict()
     s1, s2 = m1.state_dict(), m2.state_dict()
     moved = sum(float((s1[k].float() - init[k].float()).norm() ** 2) for k in s1) ** 0.5
     apart = sum(float((s1[k].float() - s2[k].float()).norm() ** 2) for k in s1) ** 0.5
-    # Same data in the same order and averaged gradients: the two runs move the weights the same
-    # way. They are not bit-identical: the RPN samples anchors with each process's own RNG and the
-    # segmentation loss is normalised per process rather than over the global batch.
+    # Same data in the same order, all anchors/ROIs used, averaged gradients and the segmentation
+    # loss normalised over the global batch: the same training up to float summation order.
     assert moved > 0
-    assert apart < 0.25 * moved, (apart, moved)
+    print(f"weights moved {moved:.4g}; 1 vs 2 processes apart {apart:.3g}")
+    assert apart < 1e-3 * moved, (apart, moved)
