@@ -97,3 +97,23 @@ def write_nifti(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def untrained_model() -> Callable[[], object]:
+    """Factory of fresh seeded fast-preset models: untrained, but biased to paint a mask inside
+    their ROIs, so widget and fine-tuning tests have a prediction to show and correct."""
+
+    def make():
+        import torch
+
+        from src_model.config import get_preset
+        from src_model.model import build_model
+
+        torch.manual_seed(0)
+        model = build_model(get_preset("fast")).eval()
+        with torch.no_grad():
+            model.head.score.bias[:] = torch.tensor([-2.0, 2.0])
+        return model
+
+    return make

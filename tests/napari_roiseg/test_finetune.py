@@ -33,20 +33,10 @@ def phantom():
     return make_phantom(seed=3, n_slices=12, shape=(128, 96))
 
 
-def _model():
-    from src_model.config import get_preset
-    from src_model.model import build_model
-
-    torch.manual_seed(0)
-    model = build_model(get_preset("fast")).eval()
-    with torch.no_grad():  # untrained, but with a non-empty mask inside its ROIs
-        model.head.score.bias[:] = torch.tensor([-2.0, 2.0])
-    return model
-
 
 @pytest.fixture
-def net():
-    return _model()
+def net(untrained_model):
+    return untrained_model()
 
 
 def _same_weights(a, b) -> bool:
@@ -164,11 +154,11 @@ def test_too_few_slices_warn():
 # --------------------------------------------------------------------------- project folder
 
 
-def test_versions_and_rollback_restore_exact_weights(tmp_path, net):
+def test_versions_and_rollback_restore_exact_weights(tmp_path, net, untrained_model):
     project = Project(tmp_path / "proj")
     assert project.current_version is None
     v0 = project.add_version(net, {"parent": None, "source": "test"})
-    changed = _model()
+    changed = untrained_model()
     with torch.no_grad():
         for p in changed.parameters():
             p.add_(0.01)

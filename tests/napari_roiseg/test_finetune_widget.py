@@ -26,27 +26,17 @@ def phantom():
     return make_phantom(seed=3, n_slices=12, shape=(128, 96))
 
 
-def _model():
-    from src_model.config import get_preset
-    from src_model.model import build_model
-
-    torch.manual_seed(0)
-    model = build_model(get_preset("fast")).eval()
-    with torch.no_grad():  # untrained, but with a mask inside the ROIs so there is one to correct
-        model.head.score.bias[:] = torch.tensor([-2.0, 2.0])
-    return model
-
 
 @pytest.fixture
-def net():
-    return _model()
+def net(untrained_model):
+    return untrained_model()
 
 
 @pytest.fixture(scope="module")
-def prediction(phantom):
+def prediction(phantom, untrained_model):
     from napari_roiseg.segment import segment_array
 
-    return segment_array(phantom.volume, _model(), device="cpu", batch_size=4).labels
+    return segment_array(phantom.volume, untrained_model(), device="cpu", batch_size=4).labels
 
 
 @pytest.fixture

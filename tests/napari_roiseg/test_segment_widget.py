@@ -25,21 +25,11 @@ def phantom():
     return make_phantom(seed=0, n_slices=6, shape=(128, 96))
 
 
-def _model():
-    from src_model.config import get_preset
-    from src_model.model import build_model
-
-    torch.manual_seed(0)
-    model = build_model(get_preset("fast")).eval()
-    with torch.no_grad():  # untrained, but with a mask inside the ROIs so there is one to see
-        model.head.score.bias[:] = torch.tensor([-2.0, 2.0])
-    return model
-
 
 @pytest.fixture
-def net():
+def net(untrained_model):
     """Fresh per test: the counting and slowing hooks below must not leak between tests."""
-    return _model()
+    return untrained_model()
 
 
 @pytest.fixture
