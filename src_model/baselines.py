@@ -126,13 +126,5 @@ def build_baseline(config: ModelConfig) -> nn.Module:
     backbone = VGG16Backbone(
         config.width_divisor, config.conv1_padding, config.ceil_mode, include_pool5=pool5
     )
-    head = FCNHead(
-        backbone.out_channels,
-        backbone.geometry,
-        config.fc6_kernel,
-        config.fc6_padding,
-        config.fc6_channels,
-        config.fc7_channels,
-        config.dropout,
-    )
+    head = FCNHead.from_config(config, backbone)
     return (FCN32s if pool5 else FCNNoPool5)(backbone, head, config)

@@ -109,6 +109,12 @@ class FCNHead(nn.Module):
         with torch.no_grad():
             self.upscore.weight.copy_(bilinear_kernel(num_classes, 2 * factor))
 
+
+    @classmethod
+    def from_config(cls, config, backbone) -> "FCNHead":
+        """The head a ``ModelConfig`` describes, on top of ``backbone`` (any VGG16Backbone)."""
+        return cls(backbone.out_channels, backbone.geometry, config.fc6_kernel,
+                   config.fc6_padding, config.fc6_channels, config.fc7_channels, config.dropout)
     def cell_mask(self, features: Tensor, rois: list[Tensor]) -> Tensor:
         """ROI union on the fc6 output grid: ``Tensor[N, 1, h6, w6] bool``."""
         size = output_size(tuple(features.shape[-2:]), self.fc6)

@@ -86,15 +86,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def _build_rpn_fcn(config: ModelConfig) -> RPNFCN:
     backbone = VGG16Backbone(config.width_divisor, config.conv1_padding, config.ceil_mode)
     rpn = build_rpn(config, backbone.out_channels, backbone.geometry)
-    head = FCNHead(
-        backbone.out_channels,
-        backbone.geometry,
-        config.fc6_kernel,
-        config.fc6_padding,
-        config.fc6_channels,
-        config.fc7_channels,
-        config.dropout,
-    )
+    head = FCNHead.from_config(config, backbone)
     return RPNFCN(backbone, rpn, head, config)
 
 
