@@ -111,7 +111,7 @@ def iter_segment(
     its partial result).
     """
     from src_model.predict import iter_predict
-    from src_model.preprocess import normalize_slices
+    from src_model.preprocess import intensity_range, normalize_slices
 
     arr = check_volume(volume)
     net = load_model(model)
@@ -120,13 +120,16 @@ def iter_segment(
         out = VolumeSegmentation(np.zeros(arr.shape, np.uint8), np.zeros((0, 6), np.float32),
                                  np.zeros(arr.shape[0], bool))
     # Intensity statistics come from the whole volume once, never from a batch, so that every
-    # slice is normalised the same way whether it is run alone or with the others.
-    images = normalize_slices(arr)
+    # slice is normalised the same way whether it is run alone or with the others; only the
+    # batch being run is converted to float, so memory stays bounded (memory-mapped volumes
+    # are read batch by batch).
+    value_range = intensity_range(arr)
     rows: list[np.ndarray] = [out.boxes[~np.isin(out.boxes[:, 0], index)]] if len(out.boxes) else []
     total, done = len(index), 0
     for start in range(0, total, batch_size):
         chunk = index[start:start + batch_size]
-        for j, result in iter_predict(net, images[chunk], batch_size=batch_size, device=device,
+        images = normalize_slices(np.asarray(arr[chunk]), value_range)
+        for j, result in iter_predict(net, images, batch_size=batch_size, device=device,
                                       score_threshold=score_threshold, top_k=top_k,
                                       normalize=False):
             k = int(chunk[j])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalize_slices", "ROBUST_PERCENTILES"]
+__all__ = ["intensity_range", "normalize_slices", "ROBUST_PERCENTILES"]
 
 # Robust range for non-uint8 data: a few saturated or dead pixels (common in exported ultrasound)
 # must not squash the contrast of everything else.
@@ -19,13 +19,58 @@ ROBUST_PERCENTILES = (0.5, 99.5)
 _MAX_STAT_VALUES = 4_000_000
 
 
-def normalize_slices(arr: np.ndarray) -> np.ndarray:
+def _check_shape(arr: np.ndarray) -> None:
+    if arr.ndim not in (2, 3):
+        raise ValueError(
+            f"expected one slice (H, W) or a stack of slices (N, H, W); got an array of shape "
+            f"{arr.shape}. For RGB images convert to grayscale first (e.g. arr.mean(axis=-1)); for "
+            "a single slice with a channel axis use arr[..., 0]"
+        )
+
+
+def intensity_range(arr: np.ndarray) -> tuple[float, float] | None:
+    """The ``(lo, hi)`` that :func:`normalize_slices` maps to 0 / 1 for this whole array.
+
+    None for ``uint8`` and ``bool`` (fixed scaling, nothing to measure). Otherwise the robust
+    0.5 / 99.5 percentiles (the full range for near-constant data; ``lo == hi`` when constant).
+    Reads the array slice by slice, so a memory-mapped volume is never copied whole. Raises the
+    same ``ValueError`` as :func:`normalize_slices` for wrong shapes, dtypes and non-finite values.
+    """
+    arr = np.asarray(arr) if not isinstance(arr, np.ndarray) else arr
+    _check_shape(arr)
+    if arr.dtype in (np.bool_, np.uint8):
+        return None
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"slices must be a real numeric array, got dtype {arr.dtype}")
+    stack = arr if arr.ndim == 3 else arr[None]
+    if np.issubdtype(arr.dtype, np.floating):
+        n_bad = sum(int((~np.isfinite(s)).sum()) for s in stack)
+        if n_bad:
+            raise ValueError(
+                f"{n_bad} of {arr.size} values are NaN or infinite; replace them first, e.g. "
+                "np.nan_to_num(arr, nan=0.0, posinf=arr[np.isfinite(arr)].max(), neginf=0.0)"
+            )
+    flat = arr.reshape(-1)
+    if flat.size > _MAX_STAT_VALUES:
+        flat = flat[:: flat.size // _MAX_STAT_VALUES + 1]
+    flat = np.asarray(flat, dtype=np.float64)
+    lo, hi = (float(v) for v in np.percentile(flat, ROBUST_PERCENTILES))
+    if not hi > lo:
+        # Near-constant data: fall back to the full range (constant data: lo == hi).
+        lo = min(float(s.min()) for s in stack)
+        hi = max(float(s.max()) for s in stack)
+    return lo, hi
+
+
+def normalize_slices(arr: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
     """``(H, W)`` or ``(N, H, W)`` array -> float32 array of the same shape in [0, 1].
 
     * ``uint8``: divided by 255 (ultrasound exports are already display-scaled).
     * ``bool``: 0 / 1.
-    * other integers and floats: the 0.5 / 99.5 percentiles of the whole array map to 0 / 1,
-      values outside are clipped; a constant array gives zeros.
+    * other integers and floats: ``value_range`` (default: :func:`intensity_range` of this array,
+      i.e. its 0.5 / 99.5 percentiles) maps to 0 / 1, values outside are clipped; a constant
+      array gives zeros. Pass the range of the whole volume to normalise it batch by batch
+      exactly as it would be normalised at once.
 
     Raises
     ------
@@ -34,35 +79,16 @@ def normalize_slices(arr: np.ndarray) -> np.ndarray:
         NaN / infinite values (says how many and how to fix them).
     """
     arr = np.asarray(arr)
-    if arr.ndim not in (2, 3):
-        raise ValueError(
-            f"expected one slice (H, W) or a stack of slices (N, H, W); got an array of shape "
-            f"{arr.shape}. For RGB images convert to grayscale first (e.g. arr.mean(axis=-1)); for "
-            "a single slice with a channel axis use arr[..., 0]"
-        )
+    _check_shape(arr)
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / np.float32(255.0)
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"slices must be a real numeric array, got dtype {arr.dtype}")
-    work = arr.astype(np.float32) if arr.dtype != np.float64 else arr
-    if np.issubdtype(arr.dtype, np.floating):
-        bad = ~np.isfinite(work)
-        n_bad = int(bad.sum())
-        if n_bad:
-            raise ValueError(
-                f"{n_bad} of {arr.size} values are NaN or infinite; replace them first, e.g. "
-                "np.nan_to_num(arr, nan=0.0, posinf=arr[np.isfinite(arr)].max(), neginf=0.0)"
-            )
-    flat = work.reshape(-1)
-    if flat.size > _MAX_STAT_VALUES:
-        flat = flat[:: flat.size // _MAX_STAT_VALUES + 1]
-    lo, hi = np.percentile(flat, ROBUST_PERCENTILES)
+    if value_range is None:
+        value_range = intensity_range(arr)
+    lo, hi = value_range
     if not hi > lo:
-        # Near-constant data: fall back to the full range before giving up.
-        lo, hi = float(work.min()), float(work.max())
-        if not hi > lo:
-            return np.zeros(arr.shape, dtype=np.float32)
+        return np.zeros(arr.shape, dtype=np.float32)
+    work = arr.astype(np.float32) if arr.dtype != np.float64 else arr
     out = (work - lo) / (hi - lo)
     return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)

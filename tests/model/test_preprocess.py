@@ -51,3 +51,18 @@ def test_errors_say_what_would_work():
         normalize_slices(bad)
     with pytest.raises(ValueError, match="real numeric"):
         normalize_slices(np.zeros((3, 3), dtype=np.complex64))
+
+
+def test_batches_normalised_with_the_volume_range_equal_the_whole_volume():
+    from src_model.preprocess import intensity_range
+
+    rng = np.random.default_rng(3)
+    vol = (rng.gamma(2.0, 300.0, size=(9, 20, 16))).astype(np.float32)
+    vol[4, 0, 0] = 1e6  # an outlier in one slice must not change the others' scaling per batch
+    whole = normalize_slices(vol)
+    rng_ = intensity_range(vol)
+    batched = np.concatenate([normalize_slices(vol[i:i + 4], rng_) for i in range(0, 9, 4)])
+    np.testing.assert_array_equal(batched, whole)
+    assert intensity_range(vol.astype(np.uint8)) is None
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        intensity_range(np.full((2, 8, 8), np.nan, np.float32))
