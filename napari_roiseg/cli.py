@@ -29,6 +29,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from src_model.generators import drain
+
     from .segment import iter_segment
     from .volume_io import read_volume, write_boxes_csv, write_labels_tiff
 
@@ -38,14 +40,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     gen = iter_segment(vol.data, args.model, device=args.device, batch_size=args.batch_size,
                        score_threshold=args.score_threshold, top_k=args.top_k)
     with tqdm(total=vol.data.shape[0], desc="segment", unit="slice", disable=args.quiet) as bar:
-        while True:
-            try:
-                done, _ = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            bar.n = done
-            bar.refresh()
+        result = drain(gen, lambda p: bar.update(p[0] - bar.n))
     write_labels_tiff(out / "labels.tif", result.labels, spacing=vol.spacing)
     write_boxes_csv(out / "boxes.csv", result.boxes)
     print(f"wrote {out / 'labels.tif'} ({int(result.labels.any(axis=(1, 2)).sum())} slices with "

@@ -52,7 +52,7 @@ def run_comparison(
     from src_model.model import build_model
     from src_model.train import TrainConfig
 
-    from .train_job import load_source, train_model
+    from .train_job import load_source, show_progress, train_model
 
     if isinstance(archs, str):
         archs = [a for a in archs.split(",") if a]
@@ -72,7 +72,7 @@ def run_comparison(
         bar = tqdm(total=steps, desc=ARCH_NAMES[arch], unit="step", disable=quiet)
         t0 = time.perf_counter()
         model, outcome = train_model(train, model=model, train_config=cfg,
-                                     on_progress=lambda r: (setattr(bar, "n", r.step), bar.refresh()))
+                                     on_progress=lambda r: show_progress(bar, r))
         bar.close()
         train_s = time.perf_counter() - t0
         metrics = evaluate_model(model.eval(), test)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from src_model.generators import drain
+
 from .corrections import (
     MARKS,
     Corrections,
@@ -265,18 +267,6 @@ def iter_finetune(
     if project is not None and result.steps_done > 0 and result.state in ("finished", "stopped"):
         result.version = project.add_version(net, result.info(config))
     return result
-
-
-def drain(gen: Generator[Any, None, Any], on_item: Callable[[Any], None] | None = None) -> Any:
-    """Run a generator to its end, handing each item to ``on_item``; return its return value
-    (the synchronous path for scripts and tests)."""
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_item is not None:
-            on_item(item)
 
 
 # --------------------------------------------------------------------------- script API

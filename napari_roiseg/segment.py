@@ -78,7 +78,7 @@ def result_boxes(index: int, result: dict[str, np.ndarray]) -> np.ndarray:
 
 def check_volume(volume: np.ndarray) -> np.ndarray:
     """Accept (H, W) or (S, H, W) real-valued arrays; say what would work otherwise."""
-    arr = np.asarray(volume) if not isinstance(volume, np.memmap) else volume
+    arr = np.asarray(volume)  # a view for memory-mapped input: nothing is read here
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
@@ -144,9 +144,6 @@ def iter_segment(
 
 def segment_array(volume: np.ndarray, model: Any = None, **kwargs: Any) -> VolumeSegmentation:
     """Synchronous :func:`iter_segment` for scripts and tests."""
-    gen = iter_segment(volume, model, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    from src_model.generators import drain
+
+    return drain(iter_segment(volume, model, **kwargs))

@@ -69,7 +69,7 @@ def validation_arrays(volumes: Iterable[LabelledVolume], every: int = 1) -> tupl
 
 
 def train_model(
-    train: Sequence[LabelledVolume],
+    train: Sequence[LabelledVolume] | Any,
     *,
     preset: str = "fast",
     model=None,
@@ -84,13 +84,15 @@ def train_model(
 ):
     """Train (or continue training) a model and return ``(model, outcome)``.
 
-    ``model`` None builds a fresh one from ``preset``. Every progress record is handed to
-    ``on_progress``; ``should_stop`` is polled between steps.
+    ``train`` is a list of volumes or an already built ``SliceDataset`` (then ``negatives`` and
+    ``augment`` are its own). ``model`` None builds a fresh one from ``preset``. Every progress
+    record is handed to ``on_progress``; ``should_stop`` is polled between steps.
     """
     import torch
 
     from src_model.config import get_preset
     from src_model.data import SliceDataset
+    from src_model.generators import drain
     from src_model.model import build_model
     from src_model.train import TrainConfig, train_iter
 
@@ -98,17 +100,12 @@ def train_model(
     if model is None:
         torch.manual_seed(train_config.seed)
         model = build_model(get_preset(preset))
-    dataset = SliceDataset([(v.volume, v.labels) for v in train], negatives=negatives,
-                           augment=augment, seed=train_config.seed)
+    dataset = train if isinstance(train, SliceDataset) else SliceDataset(
+        [(v.volume, v.labels) for v in train], negatives=negatives, augment=augment,
+        seed=train_config.seed)
     gen = train_iter(model, dataset, train_config, validation=validation,
                      should_stop=should_stop, sampler=sampler, device=device)
-    while True:
-        try:
-            record = next(gen)
-        except StopIteration as stop:
-            return model, stop.value
-        if on_progress is not None:
-            on_progress(record)
+    return model, drain(gen, on_progress)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,27 +176,25 @@ def run(argv: Sequence[str] | None = None) -> int:
         net = distributed.wrap_model(model, device)
         from src_model.data import SliceDataset
 
-        # Built here only to size the sampler and describe the data; train_model builds its own.
-        probe = SliceDataset([(v.volume, v.labels) for v in volumes], negatives=negatives,
-                             augment=False, seed=args.seed)
+        # Built once here: its size is needed for the sampler, its summary for the metadata.
+        dataset = SliceDataset([(v.volume, v.labels) for v in volumes], negatives=negatives,
+                               augment=not args.no_augment, seed=args.seed)
         sampler = None
         if world > 1:
-            sampler = distributed.ShardedInfiniteSampler(len(probe), args.batch_size, rank, world,
-                                                         args.seed)
+            sampler = distributed.ShardedInfiniteSampler(len(dataset), args.batch_size, rank,
+                                                         world, args.seed)
         from tqdm import tqdm
 
         bar = tqdm(total=args.steps, desc="train", unit="step",
                    disable=rank != 0 or args.quiet)
-        _, outcome = train_model(
-            volumes, model=net, train_config=cfg, negatives=negatives,
-            augment=not args.no_augment, sampler=sampler, device=device,
-            on_progress=lambda r: _show(bar, r))
+        _, outcome = train_model(dataset, model=net, train_config=cfg, sampler=sampler,
+                                 device=device, on_progress=lambda r: show_progress(bar, r))
         bar.close()
         if rank == 0:
             meta = {
                 "training": {**cfg.to_dict(), "world_size": world, "state": outcome.state,
                              "steps_done": outcome.steps_done},
-                "data": {**dataset_summary([v.name for v in volumes], probe),
+                "data": {**dataset_summary([v.name for v in volumes], dataset),
                          "sources": list(args.sources), "negatives": args.negatives},
                 "parent": parent,
                 "final_losses": outcome.history[-1].losses if outcome.history else {},
@@ -233,7 +228,8 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _show(bar, record) -> None:
+def show_progress(bar, record) -> None:
+    """Move a tqdm bar to a training record's step and show its losses."""
     bar.n = record.step
     bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in record.losses.items()})
 

@@ -267,15 +267,6 @@ def train_iter(
     return outcome
 
 
-def run_to_end(gen: Generator[TrainProgress, None, TrainOutcome]) -> TrainOutcome:
-    """Drive a ``train_iter`` generator to completion (the synchronous path for scripts/tests)."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def dataset_summary(volume_names: Sequence[str], dataset: Dataset) -> dict[str, Any]:
     """A small JSON-able description of the training data, stored in checkpoint metadata."""
     summary: dict[str, Any] = {"volumes": list(volume_names), "n_slices": len(dataset)}

@@ -304,6 +304,14 @@ class FinetuneWidget(QWidget):
                           "folder under 'project' to move them).")
         return self.project
 
+    def _model_or_report(self) -> Any:
+        """:meth:`_ensure_model`, or None after telling the user why the model would not load."""
+        try:
+            return self._ensure_model()
+        except (OSError, ValueError, TypeError) as exc:
+            show_error(f"Could not load the model: {exc}")
+            return None
+
     def _ensure_model(self) -> Any:
         """The current version's model; a new project first saves its starting model as v000."""
         if self.model is not None:
@@ -511,10 +519,8 @@ class FinetuneWidget(QWidget):
             show_warning(warning)
         if self._ensure_project() is None:
             return None
-        try:
-            net = self._ensure_model()
-        except (OSError, ValueError, TypeError) as exc:
-            show_error(f"Could not load the model: {exc}")
+        net = self._model_or_report()
+        if net is None:
             return None
         self.save_corrections()
         config = FinetuneConfig(
@@ -607,10 +613,8 @@ class FinetuneWidget(QWidget):
         image = self.image_layer
         if image is None or self.worker is not None:
             return None
-        try:
-            net = self._ensure_model()
-        except (OSError, ValueError, TypeError) as exc:
-            show_error(f"Could not load the model: {exc}")
+        net = self._model_or_report()
+        if net is None:
             return None
         from ..segment import iter_segment
 

@@ -30,6 +30,8 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
+from src_model.generators import drain
+
 from ..api import prepare_torch_import
 from ..layers import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, ResultLayers, image_array
 from ..segment import VolumeSegmentation, check_volume, default_checkpoint, iter_segment
@@ -83,14 +85,6 @@ def describe_model(net: Any, metadata: dict[str, Any] | None, source: str) -> st
     if isinstance(meta.get("date"), str):
         parts.append(meta["date"][:10])
     return f"{' · '.join(parts)} ({source})"
-
-
-def _drain(gen: Any) -> Any:
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 class SegmentWidget(Container):
@@ -341,7 +335,7 @@ class SegmentWidget(Container):
         volume, session, net, device = prepared
         k = self.current_slice(self.image_layer)
         try:
-            _drain(iter_segment(volume, net, device=device, batch_size=1, slices=[k],
+            drain(iter_segment(volume, net, device=device, batch_size=1, slices=[k],
                                 out=session.result))
         except Exception as exc:  # GUI boundary
             show_error(f"Segmenting slice {k} failed: {exc}")

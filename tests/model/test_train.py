@@ -11,7 +11,8 @@ from src_model.checkpoint import load_checkpoint, save_checkpoint
 from src_model.config import get_preset
 from src_model.data import SliceDataset
 from src_model.model import build_model
-from src_model.train import TrainConfig, run_to_end, train_iter
+from src_model.generators import drain
+from src_model.train import TrainConfig, train_iter
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_stopping_mid_run_leaves_a_loadable_checkpoint(volumes, tmp_path):
         calls["n"] += 1
         return calls["n"] > 3
 
-    outcome = run_to_end(train_iter(model, ds, TrainConfig(steps=50, batch_size=2, device="cpu"),
+    outcome = drain(train_iter(model, ds, TrainConfig(steps=50, batch_size=2, device="cpu"),
                                     should_stop=stop))
     assert outcome.state == "stopped" and outcome.steps_done == 3
     save_checkpoint(tmp_path / "m.pt", model, {"steps": outcome.steps_done})
@@ -90,9 +91,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_weights(volumes):
     ds = SliceDataset(volumes, negatives="none", augment=False, seed=0)
     cfg = TrainConfig(steps=10, batch_size=1, device="cpu")
     reference = _model()
-    run_to_end(train_iter(reference, ds, TrainConfig(steps=2, batch_size=1, device="cpu")))
+    drain(train_iter(reference, ds, TrainConfig(steps=2, batch_size=1, device="cpu")))
     poisoned = _PoisonAfter(_model(), n=3)
-    outcome = run_to_end(train_iter(poisoned, ds, cfg))
+    outcome = drain(train_iter(poisoned, ds, cfg))
     assert outcome.state == "diverged" and outcome.steps_done == 2
     assert "non-finite" in outcome.history[-1].message
     for k, v in reference.state_dict().items():
@@ -106,13 +107,7 @@ def test_validation_keeps_the_best_weights_and_reports_metrics(volumes):
     gen = train_iter(model, ds, TrainConfig(steps=4, batch_size=1, eval_every=2, device="cpu"),
                      validation=val)
     records = []
-    outcome = None
-    while True:
-        try:
-            records.append(next(gen))
-        except StopIteration as stop:
-            outcome = stop.value
-            break
+    outcome = drain(gen, records.append)
     with_metrics = [r for r in records if r.metrics]
     assert [r.step for r in with_metrics] == [0, 2, 4]  # before training, mid-run, end
     best = max(with_metrics, key=lambda r: r.metrics["per_slice_mean"]["dice"])
