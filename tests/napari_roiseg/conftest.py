@@ -99,6 +99,14 @@ def write_nifti(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+@pytest.fixture(scope="module")
+def phantom():
+    """A small phantom (12 slices of 128x96, seed 3) with its labels; test modules may override."""
+    from sample_data.phantom import make_phantom
+
+    return make_phantom(seed=3, n_slices=12, shape=(128, 96))
+
+
 @pytest.fixture(scope="session")
 def untrained_model() -> Callable[[], object]:
     """Factory of fresh seeded fast-preset models: untrained, but biased to paint a mask inside

@@ -15,6 +15,7 @@ from napari_roiseg.finetune import (
     Project,
     TrainingHistory,
     detect_corrected,
+    drain,
     draw_history,
     evaluate,
     format_slices,
@@ -24,13 +25,6 @@ from napari_roiseg.finetune import (
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
-
-
-@pytest.fixture(scope="module")
-def phantom():
-    from sample_data.phantom import make_phantom
-
-    return make_phantom(seed=3, n_slices=12, shape=(128, 96))
 
 
 
@@ -227,12 +221,7 @@ def test_iter_finetune_saves_a_version_and_keeps_the_start_model(tmp_path, phant
     gen = iter_finetune(phantom.volume, labels, [2, 4, 6, 9], [7], net,
                         FinetuneConfig(steps=3, batch_size=2, device="cpu", augment=False),
                         negatives=[0], project=project)
-    while True:
-        try:
-            records.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = drain(gen, records.append)
     assert [r.step for r in records][:1] == [0] and records[0].metrics is not None
     assert records[-1].state == "finished" and result.steps_done == 3
     assert result.version == "v001" == project.current_version
@@ -247,7 +236,7 @@ def test_iter_finetune_saves_a_version_and_keeps_the_start_model(tmp_path, phant
 
 
 def test_stop_keeps_best_and_saves_stopped_version(tmp_path, phantom, net):
-    from napari_roiseg.finetune import drain, iter_finetune
+    from napari_roiseg.finetune import iter_finetune
 
     project = Project(tmp_path / "p")
     seen = []

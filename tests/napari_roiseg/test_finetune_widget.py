@@ -19,13 +19,6 @@ from napari_roiseg.finetune import Project  # noqa: E402
 TIMEOUT_MS = 180_000  # two shared CPU cores: generous, the runs themselves take seconds
 
 
-@pytest.fixture(scope="module")
-def phantom():
-    from sample_data.phantom import make_phantom
-
-    return make_phantom(seed=3, n_slices=12, shape=(128, 96))
-
-
 
 @pytest.fixture
 def net(untrained_model):
