@@ -64,7 +64,6 @@ def main() -> None:
     args = p.parse_args()
     lo, hi = (int(t) for t in args.train_seeds.split("-"))
     tlo, thi = (int(t) for t in args.test_seeds.split("-"))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     train = [load_source(f"phantom:{s}:{args.slices}") for s in range(lo, hi + 1)]
     test = [load_source(f"phantom:{s}:{args.slices}") for s in range(tlo, thi + 1)]
     # Validation on one held-out training-distribution volume (seed 50), never on the test seeds.
