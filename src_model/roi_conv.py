@@ -13,6 +13,11 @@ function takes the ROI union as a *cell mask* on its output grid; :func:`boxes_t
 image-pixel boxes into that mask and :func:`boxes_to_pixel_mask` gives the pixel-level union used by
 the segmentation loss and the eval masking.
 
+Implementations (``impl``): "dense" convolves everywhere and masks (cost independent of the ROIs);
+"sparse" computes only the active cells -- im2col of those cells, one matmul, scatter
+(:func:`roi_conv2d_gathered`, :func:`scatter_cells`), cost proportional to the ROI area; "auto"
+picks "sparse" below :data:`AUTO_SPARSE_BELOW` coverage. ``scripts/bench_roi_conv.py`` measures them.
+
 Box -> cell rule (see ``src_model.geometry`` for the coordinates)
 ----------------------------------------------------------------
 Boxes are ``x1, y1, x2, y2`` in continuous image coordinates (pixel ``(i, j)`` is the square
@@ -37,16 +42,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .roi_conv_sparse import (
+    conv_out_size,
+    active_cells,
+    roi_conv2d_gathered,
+    scatter_cells,
+)
+
 __all__ = [
+    "AUTO_SPARSE_BELOW",
+    "IMPLS",
     "RoiConv2d",
+    "active_cells",
     "boxes_to_cell_mask",
     "boxes_to_pixel_mask",
-    "roi_conv2d",
-    "roi_conv2d_reference",
+    "choose_impl",
     "output_size",
+    "roi_conv2d",
+    "roi_conv2d_gathered",
+    "roi_conv2d_reference",
+    "scatter_cells",
 ]
 
-IMPLS = ("dense",)
+IMPLS = ("dense", "sparse", "auto")
+
+# "auto" takes the gathered (sparse) path when fewer than this fraction of the output cells are
+# active. Measured with scripts/bench_roi_conv.py (see that script's docstring for the numbers):
+# the gathered path costs roughly (fraction x a full im2col + matmul), which stays below the dense
+# convolution up to ~60-90% coverage depending on the shape; 0.5 keeps "auto" at or below the
+# dense cost at every coverage measured.
+AUTO_SPARSE_BELOW = 0.35
 
 
 def _union_of_index_boxes(
@@ -151,10 +176,6 @@ def boxes_to_pixel_mask(boxes_per_image: list[Tensor], image_size: tuple[int, in
     return torch.stack(masks)
 
 
-def _conv_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def _check_mask(
     input: Tensor, weight: Tensor, mask: Tensor, stride: int, padding: int, dilation: int
 ) -> None:
@@ -163,14 +184,26 @@ def _check_mask(
     expected = (
         n,
         1,
-        _conv_out_size(h, kh, stride, padding, dilation),
-        _conv_out_size(w, kw, stride, padding, dilation),
+        conv_out_size(h, kh, stride, padding, dilation),
+        conv_out_size(w, kw, stride, padding, dilation),
     )
     if tuple(mask.shape) != expected or mask.dtype != torch.bool:
         raise ValueError(
             f"mask must be a bool Tensor{list(expected)} (one channel, the conv output size); "
             f"got {mask.dtype} Tensor{list(mask.shape)}"
         )
+
+
+def choose_impl(impl: str, mask: Tensor) -> str:
+    """Resolve ``impl`` ("dense", "sparse" or "auto") for ``mask``: "auto" becomes "sparse" when
+    fewer than :data:`AUTO_SPARSE_BELOW` of the output cells are active, else "dense"."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown roi_conv2d impl {impl!r}; available: {', '.join(IMPLS)}")
+    if impl != "auto":
+        return impl
+    total = mask.numel()
+    active = int(mask.sum()) if total else 0
+    return "sparse" if active < AUTO_SPARSE_BELOW * total else "dense"
 
 
 def roi_conv2d(
@@ -199,16 +232,21 @@ def roi_conv2d(
     impl
         ``"dense"``: convolve everywhere, then zero the positions outside the mask. Autograd then
         gives exactly Eq. 2: the masked-out positions' upstream gradient is zeroed before it
-        reaches input, weight or bias. (Room for a sparse implementation that convolves only the
-        ROI cells; it must give the same numbers.)
+        reaches input, weight or bias. Cost independent of the ROI area.
+        ``"sparse"``: compute only the active cells (:func:`roi_conv2d_gathered`: im2col of those
+        cells and one matmul) and scatter them into a zero output; cost follows the ROI area.
+        Same numbers as "dense" up to float rounding, same Eq. 2 gradients.
+        ``"auto"``: "sparse" below :data:`AUTO_SPARSE_BELOW` active fraction, else "dense".
 
     Returns
     -------
     ``Tensor[N, C_out, Ho, Wo]``, exactly zero where ``mask`` is False.
     """
-    if impl not in IMPLS:
-        raise ValueError(f"unknown roi_conv2d impl {impl!r}; available: {', '.join(IMPLS)}")
     _check_mask(input, weight, mask, stride, padding, dilation)
+    if choose_impl(impl, mask) == "sparse":
+        cells = active_cells(mask)
+        values = roi_conv2d_gathered(input, weight, bias, cells, stride, padding, dilation)
+        return scatter_cells(values, cells, (input.shape[0], weight.shape[0], *mask.shape[-2:]))
     out = F.conv2d(input, weight, bias, stride=stride, padding=padding, dilation=dilation)
     # masked_fill (not a multiply) so that a non-finite value outside the ROIs cannot leak as NaN.
     return out.masked_fill(~mask, 0.0)
@@ -284,7 +322,7 @@ class RoiConv2d(nn.Conv2d):
 def output_size(size: tuple[int, int], layer: nn.Conv2d) -> tuple[int, int]:
     """Spatial size of ``layer``'s output for an input of spatial ``size`` ``(H, W)``."""
     return tuple(  # type: ignore[return-value]
-        _conv_out_size(s, k, st, p, d)
+        conv_out_size(s, k, st, p, d)
         for s, k, st, p, d in zip(
             size, layer.kernel_size, layer.stride, layer.padding, layer.dilation
         )

@@ -16,6 +16,7 @@ from src_model.roi_conv import (
     roi_conv2d,
     roi_conv2d_reference,
 )
+from src_model.roi_conv_sparse import conv_out_size as _out
 
 CONV_CASES = [  # (kernel, stride, padding, dilation)
     (3, 1, 1, 1),
@@ -27,8 +28,6 @@ CONV_CASES = [  # (kernel, stride, padding, dilation)
 ]
 
 
-def _out(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def _random_case(k, s, p, d, seed=0, dtype=torch.float64, n=2, cin=3, cout=4, h=11, w=9):
