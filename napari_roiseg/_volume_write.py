@@ -136,6 +136,40 @@ def _write_imagej(
     return Path(path)
 
 
+@contextlib.contextmanager
+def labels_tiff_memmap(
+    path: PathLike,
+    shape: Sequence[int],
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    unit: str | None = None,
+) -> Iterator[np.memmap]:
+    """Write uint8 labels ``(slices, H, W)`` straight into an ImageJ TIFF on disk, slice by slice.
+
+    Yields a zero-filled, writable ``numpy.memmap`` of ``shape`` backed by a temporary file beside
+    ``path`` (the same ImageJ layout and spacing tags as :func:`write_labels_tiff`); when the block
+    ends without an error the map is flushed and the file renamed to ``path``, otherwise it is
+    removed. Nothing of the volume has to be held in memory (the ``roiseg segment`` command
+    streams large volumes this way). Drop every reference to the map when the block ends.
+    """
+    z, y, x = (float(s) for s in spacing)
+    if not all(math.isfinite(s) and s > 0 for s in (z, y, x)):
+        raise ValueError(f"Spacing {tuple(spacing)} must be three positive numbers (z, y, x).")
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3:
+        raise ValueError(f"Got shape {shape}: expected (slices, height, width).")
+    metadata: dict[str, object] = {"axes": "ZYX", "spacing": z}
+    if unit:
+        metadata["unit"] = unit
+    with atomic_path(path) as tmp:
+        labels = tifffile.memmap(tmp, shape=shape, dtype=np.uint8, imagej=True,
+                                 resolution=(1.0 / x, 1.0 / y), metadata=metadata)
+        try:
+            yield labels
+            labels.flush()
+        finally:
+            del labels
+
+
 def write_boxes_csv(path: PathLike, boxes: npt.ArrayLike) -> Path:
     """Write boxes as CSV rows ``slice,y1,x1,y2,x2,score`` with that header line.
 

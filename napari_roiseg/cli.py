@@ -27,24 +27,40 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
+    import numpy as np
     from tqdm import tqdm
 
     from src_model.generators import drain
+    from src_model.mmap_pages import release_slices
 
-    from .segment import iter_segment
-    from .volume_io import read_volume, write_boxes_csv, write_labels_tiff
+    from ._volume_write import labels_tiff_memmap
+    from .segment import VolumeSegmentation, iter_segment, load_model
+    from .volume_io import read_volume, write_boxes_csv
 
+    # Streaming: a large uncompressed input is memory-mapped by read_volume, the labels go
+    # straight into a memory-mapped TIFF on disk, and iter_segment releases both batch by batch,
+    # so the command's memory stays bounded by a batch, not the volume.
     vol = read_volume(args.volume)
+    net = load_model(args.model)  # fail on a bad checkpoint before any output file is made
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    gen = iter_segment(vol.data, args.model, device=args.device, batch_size=args.batch_size,
-                       score_threshold=args.score_threshold, top_k=args.top_k)
-    with tqdm(total=vol.data.shape[0], desc="segment", unit="slice", disable=args.quiet) as bar:
-        result = drain(gen, lambda p: bar.update(p[0] - bar.n))
-    write_labels_tiff(out / "labels.tif", result.labels, spacing=vol.spacing)
-    write_boxes_csv(out / "boxes.csv", result.boxes)
-    print(f"wrote {out / 'labels.tif'} ({int(result.labels.any(axis=(1, 2)).sum())} slices with "
-          f"a mask) and {out / 'boxes.csv'} ({len(result.boxes)} boxes)")
+    shape = vol.data.shape
+    with labels_tiff_memmap(out / "labels.tif", shape, spacing=vol.spacing) as labels:
+        result = VolumeSegmentation(labels, np.zeros((0, 6), np.float32), np.zeros(shape[0], bool))
+        gen = iter_segment(vol.data, net, device=args.device, batch_size=args.batch_size,
+                           score_threshold=args.score_threshold, top_k=args.top_k, out=result)
+        with tqdm(total=shape[0], desc="segment", unit="slice", disable=args.quiet) as bar:
+            drain(gen, lambda p: bar.update(p[0] - bar.n))
+        masked = 0
+        for start in range(0, shape[0], 64):
+            masked += int(labels[start:start + 64].any(axis=(1, 2)).sum())
+            release_slices(labels, start, start + 64)
+        boxes = result.boxes
+        del result, gen
+    del labels
+    write_boxes_csv(out / "boxes.csv", boxes)
+    print(f"wrote {out / 'labels.tif'} ({masked} slices with a mask) and {out / 'boxes.csv'} "
+          f"({len(boxes)} boxes)")
     return 0
 
 
@@ -91,6 +107,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                     model=args.model, device=args.device)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .api import export_review_report
+    from .volume_io import read_boxes_csv, read_volume
+
+    if not (Path(args.project) / "project.json").exists():
+        raise CliError(f"{args.project} is not a napari-roiseg project folder (no project.json)")
+    labels = read_volume(args.labels).data if args.labels else None
+    boxes = read_boxes_csv(args.boxes) if args.boxes else None
+    paths = export_review_report(args.out, args.project, labels, boxes,
+                                 name=args.name or Path(args.project).name)
+    print(f"wrote {paths['html']} and {len(paths) - 1} CSV tables")
+    return 0
+
+
 def _seeds(text: str) -> list[int]:
     try:
         if "-" in text and "," not in text:
@@ -121,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--batch-size", type=int, default=None,
+                   help="slices per forward pass (default: 2 on the CPU, 16 on a GPU)")
     s.add_argument("--score-threshold", type=float, default=None,
                    help="drop RPN boxes below this objectness (default: the model's own)")
     s.add_argument("--top-k", type=int, default=None, help="keep at most K boxes per slice")
@@ -156,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--model", default=None)
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     d.set_defaults(func=_cmd_demo)
+
+    r = sub.add_parser("report", help="review report of a project: HTML + CSV")
+    r.add_argument("project", help="project folder (corrections, versions, history)")
+    r.add_argument("--out", required=True, help="folder for review.html and the CSV tables")
+    r.add_argument("--labels", default=None, help="the model's mask (labels.tif from "
+                   "`roiseg segment`) to include the review queue")
+    r.add_argument("--boxes", default=None, help="boxes.csv from `roiseg segment` (queue inputs)")
+    r.add_argument("--name", default=None, help="volume name shown in the report")
+    r.set_defaults(func=_cmd_report)
     return p
 
 

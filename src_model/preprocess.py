@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .mmap_pages import release_slices
+
 __all__ = ["intensity_range", "normalize_slices", "ROBUST_PERCENTILES"]
 
 # Robust range for non-uint8 data: a few saturated or dead pixels (common in exported ultrasound)
@@ -17,6 +19,8 @@ ROBUST_PERCENTILES = (0.5, 99.5)
 # Percentiles of more values than this are estimated on a fixed-stride subsample (exact enough,
 # and a 256-slice volume does not need a full sort).
 _MAX_STAT_VALUES = 4_000_000
+# Values scanned at a time when measuring the range (a few slices; bounds memory for huge volumes).
+_CHUNK_VALUES = 2_000_000
 
 
 def _check_shape(arr: np.ndarray) -> None:
@@ -43,22 +47,33 @@ def intensity_range(arr: np.ndarray) -> tuple[float, float] | None:
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"slices must be a real numeric array, got dtype {arr.dtype}")
     stack = arr if arr.ndim == 3 else arr[None]
-    if np.issubdtype(arr.dtype, np.floating):
-        n_bad = sum(int((~np.isfinite(s)).sum()) for s in stack)
-        if n_bad:
-            raise ValueError(
-                f"{n_bad} of {arr.size} values are NaN or infinite; replace them first, e.g. "
-                "np.nan_to_num(arr, nan=0.0, posinf=arr[np.isfinite(arr)].max(), neginf=0.0)"
-            )
-    flat = arr.reshape(-1)
-    if flat.size > _MAX_STAT_VALUES:
-        flat = flat[:: flat.size // _MAX_STAT_VALUES + 1]
-    flat = np.asarray(flat, dtype=np.float64)
+    # One pass over chunks of slices: non-finite count, min / max, and the fixed-stride sample
+    # (the same elements as ``arr.reshape(-1)[::step]``). Each chunk's pages of a memory-mapped
+    # volume are released after use, so the scan never holds the whole file.
+    step = arr.size // _MAX_STAT_VALUES + 1 if arr.size > _MAX_STAT_VALUES else 1
+    per_slice = int(np.prod(stack.shape[1:]))
+    chunk = max(1, _CHUNK_VALUES // max(per_slice, 1))
+    is_float = np.issubdtype(arr.dtype, np.floating)
+    n_bad, samples, lo_all, hi_all = 0, [], np.inf, -np.inf
+    for start in range(0, stack.shape[0], chunk):
+        part = np.asarray(stack[start : start + chunk])
+        if is_float:
+            n_bad += int((~np.isfinite(part)).sum())
+        if not n_bad and part.size:
+            lo_all, hi_all = min(lo_all, float(part.min())), max(hi_all, float(part.max()))
+            first = (-start * per_slice) % step
+            samples.append(np.asarray(part.reshape(-1)[first::step], dtype=np.float64))
+        release_slices(stack, start, start + chunk)
+    if n_bad:
+        raise ValueError(
+            f"{n_bad} of {arr.size} values are NaN or infinite; replace them first, e.g. "
+            "np.nan_to_num(arr, nan=0.0, posinf=arr[np.isfinite(arr)].max(), neginf=0.0)"
+        )
+    flat = np.concatenate(samples) if samples else np.zeros(0, np.float64)
     lo, hi = (float(v) for v in np.percentile(flat, ROBUST_PERCENTILES))
     if not hi > lo:
         # Near-constant data: fall back to the full range (constant data: lo == hi).
-        lo = min(float(s.min()) for s in stack)
-        hi = max(float(s.max()) for s in stack)
+        lo, hi = lo_all, hi_all
     return lo, hi
 
 

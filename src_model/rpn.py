@@ -13,6 +13,9 @@ Two small adaptations of torchvision, nothing re-implemented:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -31,6 +34,7 @@ __all__ = [
     "GridAnchorGenerator",
     "RoiSegRPN",
     "build_rpn",
+    "prefilter_scores",
     "select_test_rois",
     "select_training_rois",
 ]
@@ -128,6 +132,27 @@ def build_rpn(config: ModelConfig, in_channels: int, geometry: GridGeometry) -> 
         },
         nms_thresh=config.rpn_nms_thresh,
     )
+
+
+@contextlib.contextmanager
+def prefilter_scores(rpn: RegionProposalNetwork, threshold: float | None) -> Iterator[None]:
+    """Inside the block, an eval-mode ``rpn`` drops proposals scoring below ``threshold`` before
+    NMS instead of letting :func:`select_test_rois` drop them after it.
+
+    The ROIs are the same: greedy NMS decides whether a box survives only from boxes scoring
+    higher, so the boxes at or above the threshold keep exactly the same fate (torchvision's CPU
+    NMS sorts stably, so even tied scores keep their order), and the comparison is the same
+    ``scores >= threshold`` on the same tensor (torchvision's ``score_thresh`` filter). It saves
+    the quadratic NMS over hundreds of low-scoring boxes (fast preset, threshold 0.5: ~2.5 of
+    ~30 ms per 367x192 slice on 2 CPU cores). No effect in training or with ``threshold`` None.
+    """
+    previous = rpn.score_thresh
+    if threshold is not None and not rpn.training:
+        rpn.score_thresh = max(float(previous), float(threshold))
+    try:
+        yield
+    finally:
+        rpn.score_thresh = previous
 
 
 def select_training_rois(
