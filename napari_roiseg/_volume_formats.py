@@ -283,7 +283,7 @@ def load_nifti(path: Path, *, mmap: bool) -> RawVolume:
     except ImportError as exc:
         raise ImportError(f"Reading NIfTI files needs nibabel: {IO_EXTRA_HINT}") from exc
 
-    image = nibabel.load(path, mmap="r" if mmap else False)
+    image = _open_nifti(nibabel, path, mmap)
     data = np.asanyarray(image.dataobj)
     zooms = [float(v) for v in image.header.get_zooms()[:3]] + [None, None, None]
     unit = image.header.get_xyzt_units()[0]
@@ -307,6 +307,22 @@ def load_nifti(path: Path, *, mmap: bool) -> RawVolume:
         (zooms[2] if spatial == 3 else None, zooms[1], zooms[0]),
         None if unit == "unknown" else unit,
     )
+
+
+def _open_nifti(nibabel: Any, path: Path, mmap: bool) -> Any:
+    """``nibabel.load`` picks the parser from the file name; a NIfTI file under another name
+    (``.tif``, or an uncompressed file called ``.nii.gz``) is parsed from its bytes instead."""
+    import gzip
+
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    gz = head == b"\x1f\x8b"
+    name = path.name.lower()
+    if (name.endswith(".nii.gz") and gz) or (name.endswith(".nii") and not gz):
+        return nibabel.load(path, mmap="r" if mmap else False)
+    raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    klass = nibabel.Nifti2Image if raw[4:8] == b"n+2\x00" else nibabel.Nifti1Image
+    return klass.from_bytes(raw)
 
 
 def _float_or_none(value: Any) -> float | None:

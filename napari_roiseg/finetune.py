@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MARKS", "Corrections", "FinetuneConfig", "FinetuneResult", "Project", "SlicePlan",
-    "TrainingHistory", "default_project_folder", "detect_corrected", "drain", "draw_history",
-    "evaluate", "finetune", "format_slices", "iter_finetune", "parse_slices", "plan_slices",
+    "TrainingHistory", "check_labels_shape", "default_project_folder", "detect_corrected",
+    "drain", "draw_history", "evaluate", "finetune", "format_slices", "iter_finetune",
+    "parse_slices", "plan_slices",
 ]
 
 
@@ -173,6 +174,18 @@ class FinetuneResult:
                 "metrics_after": metrics_summary(self.after), "config": asdict(config)}
 
 
+def check_labels_shape(image_shape: Sequence[int], labels_shape: Sequence[int]) -> None:
+    """Raise ValueError unless labels of ``labels_shape`` can correct an image of
+    ``image_shape`` (a 2D image and its labels count as one slice)."""
+    image_shape, labels_shape = tuple(image_shape), tuple(labels_shape)
+    as_volume = [s if len(s) != 2 else (1, *s) for s in (image_shape, labels_shape)]
+    if as_volume[0] != as_volume[1]:
+        raise ValueError(
+            f"the labels have shape {labels_shape} but the image has shape {image_shape}: the "
+            "corrected labels must be the image's mask (same slices, height and width). Choose "
+            "the Labels layer made for this image, or segment it first to get one")
+
+
 def _as_array(data: Any) -> np.ndarray:
     """Arrays, or the data of a napari layer (no napari import needed)."""
     if hasattr(data, "data") and hasattr(data, "name") and not isinstance(data, np.ndarray):
@@ -215,8 +228,7 @@ def iter_finetune(
     truth = (_as_array(labels) != 0).astype(np.uint8)
     if truth.ndim == 2:
         truth = truth[None]
-    if truth.shape != volume.shape:
-        raise ValueError(f"labels {truth.shape} must have the image's shape {volume.shape}")
+    check_labels_shape(volume.shape, truth.shape)
     train, validation = [int(k) for k in train], [int(k) for k in validation]
     negatives = sorted(set(int(k) for k in negatives))
     if not train:
@@ -320,6 +332,13 @@ def finetune(
     on_progress : callable, optional
         Called with every ``src_model.train.TrainProgress`` record.
 
+    Raises
+    ------
+    napari_roiseg.busy.BusyError
+        While a segmentation or another fine-tune runs in this process (nothing is changed).
+    ValueError
+        Labels of another shape than the image, no slices to train on, slices outside the volume.
+
     Returns
     -------
     torch.nn.Module
@@ -335,9 +354,25 @@ def finetune(
         new = finetune(viewer.layers["hip"], viewer.layers["hip mask"], slices=[40, 52, 61, 75])
         labels, boxes = segment_volume(viewer.layers["hip"], model=new, viewer=viewer)
     """
+    from .busy import exclusive
+
+    with exclusive("fine-tuning"):  # BusyError while a segmentation or fine-tune runs
+        return _finetune(image, labels, slices, model, steps, validation=validation,
+                         negatives=negatives, lr=lr, batch_size=batch_size, epochs=epochs,
+                         augment=augment, project=project, device=device, seed=seed,
+                         on_progress=on_progress)
+
+
+def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any, steps: int,
+              **kw: Any) -> nn.Module:
+    validation, negatives, project = kw["validation"], kw["negatives"], kw["project"]
+    lr, batch_size, epochs, augment = kw["lr"], kw["batch_size"], kw["epochs"], kw["augment"]
+    seed, device, on_progress = kw["seed"], kw["device"], kw["on_progress"]
     labels_arr = _as_array(labels)
     if labels_arr.ndim == 2:
         labels_arr = labels_arr[None]
+    image_arr = _as_array(image)
+    check_labels_shape(image_arr.shape, labels_arr.shape)  # before anything is written
     if slices is None:
         slices = np.flatnonzero(labels_arr.reshape(labels_arr.shape[0], -1).any(axis=1)).tolist()
     pool = sorted(set(int(k) for k in slices) | set(int(k) for k in negatives))
@@ -346,7 +381,6 @@ def finetune(
         project = Project(project)
     config = FinetuneConfig(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size,
                             augment=augment, seed=seed, device=device)
-    image_arr = _as_array(image)
     if project is not None and project.current_version is None:
         from .segment import load_model
 

@@ -138,7 +138,30 @@ def natural_key(path: PathLike) -> list[object]:
 def _read_file(path: Path, *, mmap: bool | None) -> Volume:
     raw = _load_raw(path, mmap=mmap)
     data = to_volume_array(raw, label=f"'{path.name}'")
+    check_finite(data, label=f"'{path.name}'")
     return Volume(data, _clean_spacing(raw.spacing), str(path), _stem(path), raw.unit)
+
+
+def check_finite(data: np.ndarray, *, label: str) -> None:
+    """Refuse floating-point volumes holding NaN or infinite values, saying how many.
+
+    Reads slice by slice, so a memory-mapped volume is never loaded whole. NaN or infinity
+    would turn every normalised slice into NaN (or all zeros), and napari cannot pick contrast
+    limits for them, so they are refused here rather than giving an empty mask later.
+    """
+    if data.dtype.kind != "f":
+        return
+    n_nan = n_inf = 0
+    for plane in data:
+        n_nan += int(np.isnan(plane).sum())
+        n_inf += int(np.isinf(plane).sum())
+    if n_nan or n_inf:
+        raise VolumeReadError(
+            f"{label} holds {n_nan} NaN and {n_inf} infinite values (of {data.size}): the "
+            "intensities must be finite numbers. Replace them before opening the volume, e.g. "
+            "np.nan_to_num(data, nan=0.0, posinf=data[np.isfinite(data)].max(), neginf=0.0), "
+            "or export it again."
+        )
 
 
 def _load_raw(path: Path, *, mmap: bool | None) -> RawVolume:
@@ -161,7 +184,7 @@ def _load_raw(path: Path, *, mmap: bool | None) -> RawVolume:
             "Export it again."
         )
     use_mmap = size >= MMAP_MIN_BYTES if mmap is None else mmap
-    kind = _format_of(path)
+    kind = _sniff_format(path) or _format_of(path)  # the content wins over a wrong extension
     loaders = {"tiff": load_tiff, "png": load_png, "dicom": load_dicom, "nifti": load_nifti}
     try:
         return loaders[kind](path, mmap=use_mmap)
@@ -175,7 +198,8 @@ def _load_raw(path: Path, *, mmap: bool | None) -> RawVolume:
     except Exception as exc:  # noqa: BLE001 -- library errors become one actionable message
         raise VolumeReadError(
             f"'{path.name}' could not be read as {_FORMAT_NAMES[kind]}: it is truncated, "
-            f"corrupt or not really {_FORMAT_NAMES[kind]} ({type(exc).__name__}: {exc}). "
+            f"corrupt or not really {_FORMAT_NAMES[kind]} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())}). "  # one line: the CLI prints one line
             "Export or copy the file again."
         ) from exc
 
@@ -196,6 +220,27 @@ def _format_of(path: Path) -> str:
     raise VolumeReadError(
         f"'{path.name}' has an unsupported file type: expected {SUPPORTED_FORMATS}."
     )
+
+
+def _sniff_format(path: Path) -> str | None:
+    """The format the file's first bytes identify, None when they identify none we read.
+
+    A file renamed by hand (a TIFF saved as ``scan.nii``, a PNG as ``.tif``) is then read as
+    what it is; gzip content counts as NIfTI only under a NIfTI name (it could be anything).
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(352)
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] == b"n+2\x00":
+        return "nifti"
+    if head[:2] == b"\x1f\x8b" and path.name.lower().endswith((".nii", ".nii.gz")):
+        return "nifti"
+    return None
 
 
 def _has_dicom_magic(path: Path) -> bool:
@@ -241,7 +286,9 @@ def _read_frames(frames: list[Path], *, name: str, source: str, mmap: bool | Non
                 "the same size and bit depth."
             )
         slices.append(image)
-    return Volume(np.concatenate(slices), (1.0, 1.0, 1.0), source, name)
+    data = np.concatenate(slices)
+    check_finite(data, label=f"Frames of '{name}'")
+    return Volume(data, (1.0, 1.0, 1.0), source, name)
 
 
 def to_volume_array(raw: RawVolume, *, label: str) -> np.ndarray:
@@ -260,7 +307,9 @@ def to_volume_array(raw: RawVolume, *, label: str) -> np.ndarray:
     if data.ndim == 2:
         data = data[np.newaxis]
     if data.ndim != 3:
-        raise VolumeReadError(f"{label} has shape {_shape_text(raw)}: {EXPECTED_SHAPE}.")
+        fix = (" Save one 3D volume per file (e.g. one time point or channel)."
+               if data.ndim > 3 else "")
+        raise VolumeReadError(f"{label} has shape {_shape_text(raw)}: {EXPECTED_SHAPE}.{fix}")
     if min(data.shape[1:]) < MIN_SIDE:
         raise VolumeReadError(
             f"{label} has shape {_shape_text(raw)}, i.e. slices of {data.shape[1]}x{data.shape[2]}"

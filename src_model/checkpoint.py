@@ -19,7 +19,6 @@ import datetime as _dt
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -123,11 +122,39 @@ def _unpickler_reason(exc: Exception) -> str:
     return lines[0] if lines else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+_MAGIC = ((b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"),
+          (b"\x89PNG", "a PNG image"), (b"\x1f\x8b", "a gzip file (e.g. a NIfTI volume)"))
+
+
+def _what_file(head: bytes) -> str:
+    """A guess at what a file that is not a checkpoint holds, from its first bytes."""
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "neither a zip archive nor a pickle"
+
+
 def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     if not path.exists():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} is not a file (pick the .pt file itself)")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not head:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is empty (0 bytes): the file is truncated or corrupt "
+            "(not saved completely). Copy or download it again, or re-save it with "
+            "save_checkpoint")
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        # torch.save writes a zip archive (or, in old versions, a pickle starting with 0x80).
+        raise CheckpointError(
+            f"{str(path)!r} is not a checkpoint: it is {_what_file(head)}. Choose a .pt file "
+            "written by `roiseg train`, the Fine-tune widget or save_checkpoint")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -137,7 +164,7 @@ def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
             "loaded, which napari-roiseg checkpoints never do. Only use checkpoints from a source "
             f"you trust, saved by save_checkpoint. ({_unpickler_reason(exc)})"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- any failure to parse is a damaged file
         raise CheckpointError(
             f"could not read {str(path)!r}: the file is truncated or corrupt "
             f"({type(exc).__name__}: "

@@ -82,6 +82,28 @@ class TrainOutcome:
     best_step: int | None
     best_metrics: dict[str, Any] | None
     history: list[TrainProgress] = field(default_factory=list)
+    batch_size: int | None = None  # slices per step at the end (lowered after out-of-memory)
+
+
+class TrainingOutOfMemory(RuntimeError):
+    """Training ran out of memory even with one slice per step; the message says what to do."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's CUDA/MPS out-of-memory error and the CPU allocator's failure."""
+    if isinstance(exc, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower())
+
+
+def _free_memory(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -161,6 +183,12 @@ def train_iter(
     The run ends "diverged" when a loss or the gradient norm is not finite; that step's update is
     never applied, so the weights are the last good ones. Closing the generator also leaves the
     model consistent (updates are applied only after all checks).
+
+    Running out of memory in the forward or backward pass (``torch.OutOfMemoryError``, or the CPU
+    allocator's "can't allocate memory") discards that step, halves the batch size and carries
+    on; the next record's ``message`` says so. With one slice per step already (or a sampler
+    given by the caller, whose batches cannot be resized), :class:`TrainingOutOfMemory` is
+    raised instead; no update of the failed step was applied.
     """
     device = device or resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -172,15 +200,19 @@ def train_iter(
         if config.lr_step > 0
         else None
     )
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler or ShardedInfiniteSampler(len(dataset), config.batch_size, 0, 1, config.seed),
-        collate_fn=collate_slices,
-        num_workers=0,
-    )
-    batches = iter(loader)
-    outcome = TrainOutcome("running", 0, None, None)
+    def make_batches(batch_size: int) -> Any:
+        return iter(DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler or ShardedInfiniteSampler(len(dataset), batch_size, 0, 1, config.seed),
+            collate_fn=collate_slices,
+            num_workers=0,
+        ))
+
+    batch_size = config.batch_size
+    batches = make_batches(batch_size)
+    outcome = TrainOutcome("running", 0, None, None, batch_size=batch_size)
+    note = ""
     best_state: dict[str, torch.Tensor] | None = None
     best_dice = -math.inf
     t0 = time.perf_counter()
@@ -222,18 +254,41 @@ def train_iter(
                 yield finish("stopped", step, last_losses, f"stopped by request after {step} steps")
                 return outcome
             images, targets = next(batches)
-            images = images.to(device)
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            losses = model(images, targets)
-            total = _sum_losses(losses)
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            if not math.isfinite(float(total.detach())):
+            try:
+                images = images.to(device)
+                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+                losses = model(images, targets)
+                total = _sum_losses(losses)
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                finite = math.isfinite(float(total.detach()))
+                if finite:
+                    optimizer.zero_grad(set_to_none=True)
+                    total.backward()
+            except Exception as exc:  # noqa: BLE001 -- only out-of-memory is handled here
+                if not is_out_of_memory(exc):
+                    raise
+                optimizer.zero_grad(set_to_none=True)  # nothing of this step is applied
+                images = targets = losses = total = None
+                _free_memory(device)
+                if batch_size == 1 or sampler is not None:
+                    raise TrainingOutOfMemory(
+                        f"training ran out of memory on {device} at step {step + 1} with "
+                        f"{batch_size} slice(s) per step ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}). The weights are those "
+                        "of the last finished step. Close other programs or use smaller "
+                        "images" + (", or fewer slices per step" if batch_size > 1 else "")
+                    ) from exc
+                note = (f"out of memory with {batch_size} slices per step at step {step + 1}: "
+                        f"continuing with {batch_size // 2}")
+                batch_size //= 2
+                outcome.batch_size = batch_size
+                batches = make_batches(batch_size)
+                continue
+            if not finite:
                 yield finish("diverged", step, values,
                              f"loss became non-finite at step {step + 1} ({values}); "
                              "kept the weights of the last good step -- lower the learning rate")
                 return outcome
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             if not math.isfinite(float(norm)):
                 optimizer.zero_grad(set_to_none=True)
@@ -251,9 +306,10 @@ def train_iter(
                 metrics = evaluate(step)
             record = TrainProgress(
                 step, config.steps, values, optimizer.param_groups[0]["lr"],
-                time.perf_counter() - t0, metrics=metrics, best_step=outcome.best_step,
-                best_dice=None if best_state is None else best_dice,
+                time.perf_counter() - t0, metrics=metrics, message=note,
+                best_step=outcome.best_step, best_dice=None if best_state is None else best_dice,
             )
+            note = ""
             outcome.history.append(record)
             yield record
     except GeneratorExit:
