@@ -16,7 +16,8 @@ from .finetune import evaluate, finetune
 from .layers import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, add_result_layers, image_array
 from .segment import segment_array
 
-__all__ = ["evaluate", "finetune", "prepare_torch_import", "segment_volume"]
+__all__ = ["correction_history", "evaluate", "export_review_report", "finetune", "gate_version",
+           "prepare_torch_import", "review_scores", "segment_volume"]
 
 
 def prepare_torch_import() -> None:
@@ -74,6 +75,11 @@ def segment_volume(
     batch_size : int
         Slices per forward pass.
 
+    Raises
+    ------
+    napari_roiseg.busy.BusyError
+        While a fine-tune or another segmentation runs in this process (widgets included).
+
     Returns
     -------
     labels : uint8 array
@@ -90,14 +96,102 @@ def segment_volume(
         boxes[boxes[:, 5] > 0.9]          # confident boxes: slice, y1, x1, y2, x2, score
         labels.sum(axis=(1, 2))           # mask area per slice
     """
+    from .busy import exclusive
+
     data, layer = image_array(image)
     prepare_torch_import()
-    result = segment_array(data, model, device=device, batch_size=batch_size,
-                           score_threshold=score_threshold, top_k=top_k)
+    with exclusive("segmenting"):  # BusyError while a fine-tune or segmentation runs
+        result = segment_array(data, model, device=device, batch_size=batch_size,
+                               score_threshold=score_threshold, top_k=top_k)
     labels = result.labels if data.ndim == 3 else result.labels[0]
     if viewer is not None:
         add_result_layers(
             viewer, layer, labels, result.boxes,
             score_threshold=DEFAULT_SCORE_THRESHOLD if score_threshold is None else score_threshold,
-            top_k=DEFAULT_TOP_K if top_k is None else top_k)
+            top_k=DEFAULT_TOP_K if top_k is None else top_k, stats=result.stats)
     return labels, result.boxes
+
+
+# --------------------------------------------------------------------------- review and history
+
+
+def review_scores(labels: Any, boxes: Any = None, *, stats: Any = None) -> Any:
+    """Score every slice by how much it likely needs a look (``review.ReviewScores``).
+
+    Parameters
+    ----------
+    labels : array or napari.layers.Labels
+        The model's mask ``(S, H, W)``. A Labels layer made by :func:`segment_volume` carries the
+        model's per-slice rows (``metadata["roiseg_stats"]``, entropy included) and these are used.
+    boxes : array (N, 6) or napari.layers.Shapes, optional
+        Box rows ``slice, y1, x1, y2, x2, score`` when no per-slice rows are available.
+    stats : array, optional
+        Per-slice rows (``VolumeSegmentation.stats``); override everything else.
+
+    Returns
+    -------
+    ReviewScores
+        ``score`` (S,), ``order`` (the queue, look first at ``order[0]``), ``z`` (components),
+        ``rank(k)`` and ``reason(k)``.
+
+    Examples
+    --------
+    ::
+
+        scores = review_scores(viewer.layers["hip mask"])
+        scores.order[:10]                     # the ten slices to look at first
+    """
+    from .layers import STATS_KEY
+    from .review import score_slices, stats_from_layers
+
+    if stats is None:
+        stats = getattr(labels, "metadata", {}).get(STATS_KEY)
+    if stats is None:
+        data = np.asarray(getattr(labels, "data", labels))
+        if boxes is not None and hasattr(boxes, "features"):
+            from .review import shapes_to_rows
+
+            boxes = shapes_to_rows(boxes)
+        stats = stats_from_layers(data, boxes)
+    return score_slices(np.asarray(stats))
+
+
+def correction_history(project: Any) -> Any:
+    """The correction history of a project folder (``history.CorrectionHistory``): records
+    (``.records``, ``.load_record(id)``), review marks, the locked set (``.lock``, ``.locked``),
+    locked-set scores per version (``.version_metrics(name)``) and the gate log (``.decisions``)."""
+    from .history import CorrectionHistory
+
+    return CorrectionHistory(project)
+
+
+def gate_version(project: Any, candidate: str, *, tolerance: float = 0.02,
+                 override: str | None = None, who: str | None = None,
+                 device: str = "auto") -> Any:
+    """Make ``candidate`` the current version only if its dice on the locked set is at most
+    ``tolerance`` below the current version's; ``override`` (a reason) accepts it anyway and is
+    logged with ``who`` and the time. Returns the ``history.GateDecision``.
+
+    Examples
+    --------
+    ::
+
+        gate_version("~/hip.roiseg", "v003")                       # the rule decides
+        gate_version("~/hip.roiseg", "v003", override="v002 misses the lateral edge")
+    """
+    prepare_torch_import()
+    return correction_history(project).gate(candidate, tolerance=tolerance, override=override,
+                                            who=who, device=device)
+
+
+def export_review_report(out_dir: Any, project: Any = None, labels: Any = None,
+                         boxes: Any = None, *, name: str = "volume") -> dict[str, Any]:
+    """Write ``review.html`` (self-contained) and CSV tables of a volume's review to ``out_dir``:
+    the queue (when ``labels`` is given, see :func:`review_scores`), review marks, corrections
+    and their dice, model versions with locked-set metrics and gate decisions. Returns the paths.
+    """
+    from .report import export_report
+
+    scores = review_scores(labels, boxes) if labels is not None else None
+    history = correction_history(project) if project is not None else None
+    return export_report(out_dir, scores=scores, history=history, name=name)

@@ -24,10 +24,13 @@ import numpy as np
 DEFAULT_SCORE_THRESHOLD = 0.5
 DEFAULT_TOP_K = 3
 BOX_COLORMAP = "plasma"  # score 0.5 -> magenta, 1.0 -> yellow: both stand out on grey speckle
+# Labels-layer metadata: per-slice ``review.slice_stats`` rows (the review queue reads them)
+STATS_KEY = "roiseg_stats"
 
 __all__ = [
     "DEFAULT_SCORE_THRESHOLD",
     "DEFAULT_TOP_K",
+    "STATS_KEY",
     "ResultLayers",
     "add_boxes_layer",
     "add_result_layers",
@@ -211,16 +214,20 @@ def _default_names(image_layer: Any) -> tuple[str, str]:
 
 def add_result_layers(viewer: Any, image_layer: Any, labels: np.ndarray, boxes: Any, *,
                       score_threshold: float | None = DEFAULT_SCORE_THRESHOLD,
-                      top_k: int | None = DEFAULT_TOP_K) -> tuple[Any, Any]:
+                      top_k: int | None = DEFAULT_TOP_K,
+                      stats: np.ndarray | None = None) -> tuple[Any, Any]:
     """Show a finished segmentation: a Labels layer of ``labels`` and a Shapes layer of the boxes
     that pass :func:`filter_boxes`, both placed on ``image_layer`` (may be None).
 
-    ``labels`` has the image's shape, ``(S, H, W)`` or ``(H, W)``. Returns ``(labels_layer,
-    shapes_layer)``.
+    ``labels`` has the image's shape, ``(S, H, W)`` or ``(H, W)``; ``stats`` (per-slice review
+    rows, ``VolumeSegmentation.stats``) go to the Labels layer's ``metadata[STATS_KEY]``.
+    Returns ``(labels_layer, shapes_layer)``.
     """
     labels_name, boxes_name = _default_names(image_layer)
     labels = np.array(labels, dtype=np.uint8, copy=True)  # painting must not change the caller's array
-    labels_layer = viewer.add_labels(labels, name=labels_name, **transform_kwargs(image_layer))
+    metadata = {STATS_KEY: np.asarray(stats)} if stats is not None else {}
+    labels_layer = viewer.add_labels(labels, name=labels_name, metadata=metadata,
+                                     **transform_kwargs(image_layer))
     shapes_layer = add_boxes_layer(viewer, filter_boxes(boxes, score_threshold, top_k),
                                    ndim=labels.ndim, image_layer=image_layer, name=boxes_name)
     return labels_layer, shapes_layer
@@ -312,6 +319,13 @@ class ResultLayers:
             self._written[index] = labels[index]
             self.labels_layer.refresh()
         return message
+
+    def set_stats(self, stats: np.ndarray | None) -> None:
+        """Keep per-slice review rows (``VolumeSegmentation.stats``) in the mask layer's
+        ``metadata[STATS_KEY]``, where the Review widget finds them."""
+        if stats is not None and self._alive(self.labels_layer):
+            self.labels_layer.metadata = {**self.labels_layer.metadata,
+                                          STATS_KEY: np.array(stats, copy=True)}
 
     def show_boxes(self, boxes: Any, score_threshold: float | None = DEFAULT_SCORE_THRESHOLD,
                    top_k: int | None = DEFAULT_TOP_K) -> int:

@@ -31,16 +31,19 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import QListWidget, QListWidgetItem, QVBoxLayout, QWidget
 
+from .. import busy
 from ..api import prepare_torch_import
 from ..corrections import Corrections, SlicePlan, detect_corrected, parse_slices, plan_slices
 from ..finetune import (
     FinetuneConfig,
     FinetuneResult,
     TrainingHistory,
+    check_labels_shape,
     drain,
     evaluate,
     iter_finetune,
 )
+from ..history import locked_plan, locked_slices, route_new_version
 from ..layers import transform_kwargs
 from ..project import Project, default_project_folder
 from .plot import HistoryCanvas
@@ -125,6 +128,7 @@ class FinetuneWidget(QWidget):
         self._labels_layer: Labels | None = None
         self._restored = False
         self._stop = threading.Event()
+        self._token: busy.RunToken | None = None  # the run lock held by a run in progress
         self._build()
         self._connect()
         self._refresh_layers()
@@ -428,8 +432,36 @@ class FinetuneWidget(QWidget):
             self.corrections = Corrections(data.shape[0])
         self.refresh_corrections(save=False)
 
-    def _on_labels_edited(self, _event: Any = None) -> None:
+    def _on_labels_edited(self, event: Any = None) -> None:
+        if getattr(event, "type", None) == "paint":  # a brush/fill stroke ended: save it now,
+            self.refresh_corrections()  # so a crash or kill never loses a finished stroke
+        # and once more when painting pauses: paint() outside a mouse stroke (scripts) emits
+        # the event before it writes the pixels
         self._detect_timer.start()
+
+    def _shape_problem(self) -> str | None:
+        """Why the chosen Labels layer cannot hold corrections of the chosen image, or None."""
+        image, labels = self.image_layer, self.labels_layer
+        if image is None or labels is None:
+            return None
+        try:
+            check_labels_shape(np.shape(image.data), np.shape(labels.data))
+        except ValueError as exc:
+            return f"'{labels.name}' cannot hold corrections of '{image.name}': {exc}"
+        return None
+
+    def _image_problem(self) -> str | None:
+        """Why the chosen image cannot be trained on (RGB, 4D, tiny, NaN...), or None."""
+        image = self.image_layer
+        try:
+            from ..layers import image_array
+            from ..segment import check_volume
+            from ..volume_io import check_finite
+
+            check_finite(check_volume(image_array(image)[0]), label=f"'{image.name}'")
+        except (TypeError, ValueError) as exc:
+            return f"Cannot fine-tune on '{image.name}': {exc}"
+        return None
 
     def refresh_corrections(self, save: bool = True) -> list[int]:
         """Detect corrected slices now, update the list and the plan, and save them."""
@@ -437,7 +469,10 @@ class FinetuneWidget(QWidget):
         if layer is None or self.reference is None:
             self.corrections.detected = []
         else:
-            self.corrections.detected = detect_corrected(_volume(layer.data), self.reference)
+            try:
+                self.corrections.detected = detect_corrected(_volume(layer.data), self.reference)
+            except ValueError:  # e.g. a 4D Labels layer: start() says what is wrong
+                self.corrections.detected = []
         plan = self._show_plan()
         self._list.clear()
         roles = {}
@@ -457,8 +492,8 @@ class FinetuneWidget(QWidget):
     def save_corrections(self) -> None:
         """Write the corrected slices and marks to the project folder (atomically)."""
         layer = self.labels_layer
-        if layer is None or self._ensure_project() is None:
-            return
+        if layer is None or self._shape_problem() or self._ensure_project() is None:
+            return  # labels of another shape would overwrite the image's saved corrections
         try:
             self.project.save_corrections(
                 _volume(layer.data), self.corrections,
@@ -486,6 +521,9 @@ class FinetuneWidget(QWidget):
             train = parse_slices(self._train_text.value) or None
             val_text = self._val_text.value.strip().lower()
             validation = None if val_text in ("", "auto") else parse_slices(val_text)
+            locked = locked_slices(self.project)
+            if locked and validation is None:  # the Review widget's locked set is held out
+                return locked_plan(self.corrections.slices(), locked, train=train)
             return plan_slices(self.corrections.slices(), train=train, validation=validation)
         except ValueError as exc:
             self._plan_info.value = str(exc)
@@ -508,6 +546,13 @@ class FinetuneWidget(QWidget):
         if image is None or labels is None:
             show_error("Choose the image and the Labels layer with the corrections first.")
             return None
+        problem = self._image_problem() or self._shape_problem()
+        if problem:
+            show_error(problem)
+            return None
+        if busy.running():
+            show_error(busy.refusal("fine-tuning"))
+            return None
         self.refresh_corrections(save=False)
         plan = self.plan()
         if plan is None or not plan.train:
@@ -520,8 +565,12 @@ class FinetuneWidget(QWidget):
         if self._ensure_project() is None:
             return None
         net = self._model_or_report()
-        if net is None:
+        token = busy.try_acquire("fine-tuning") if net is not None else None
+        if token is None:
+            if net is not None:
+                show_error(busy.refusal("fine-tuning"))
             return None
+        self._token = token  # released by _on_finished
         self.save_corrections()
         config = FinetuneConfig(
             steps=int(self._amount.value), lr=float(self._lr.value), batch_size=int(self._batch.value),
@@ -567,6 +616,8 @@ class FinetuneWidget(QWidget):
         self.history.add(record)
         self._progress.value = min(record.step, self._progress.max)
         text = f"step {record.step}/{record.total_steps}"
+        if record.message and record.state == "running":  # e.g. a lowered batch size
+            show_warning(record.message)
         if record.losses:
             text += f" · loss {sum(record.losses.values()):.3f}"
         if self.history.dice:
@@ -582,7 +633,17 @@ class FinetuneWidget(QWidget):
             b, a = result.before["per_slice_mean"], result.after["per_slice_mean"]
             text += (f"; validation dice {b['dice']:.3f} → {a['dice']:.3f}, precision "
                      f"{b['precision']:.3f} → {a['precision']:.3f}")
+        decision = None
         if result.version:
+            try:  # with a locked set (Review widget) a new version must pass the gate
+                decision = route_new_version(self.project, result.version, result.model,
+                                             current_model=self.model)
+            except (OSError, ValueError) as exc:
+                show_error(f"The gate could not score {result.version}: {exc}")
+        if decision is not None and not decision.accepted:
+            text += (f"; saved as {result.version} but held back: {decision.describe()} "
+                     "(the Review widget can override)")
+        elif result.version:
             self.model = result.model
             text += f"; saved as {result.version}"
             self.model_changed.emit(self.model, f"project version {result.version}")
@@ -597,6 +658,9 @@ class FinetuneWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
+        if self._token is not None:
+            self._token.release()
+            self._token = None
         self._set_running(False)
         self.canvas.redraw()
 
@@ -613,9 +677,16 @@ class FinetuneWidget(QWidget):
         image = self.image_layer
         if image is None or self.worker is not None:
             return None
-        net = self._model_or_report()
-        if net is None:
+        if busy.running():
+            show_error(busy.refusal("segmenting"))
             return None
+        net = self._model_or_report()
+        token = busy.try_acquire(f"segmenting '{image.name}'") if net is not None else None
+        if token is None:
+            if net is not None:
+                show_error(busy.refusal("segmenting"))
+            return None
+        self._token = token  # released by _on_finished
         from ..segment import iter_segment
 
         volume = _volume(image.data)
@@ -658,7 +729,8 @@ class FinetuneWidget(QWidget):
         validation = info.get("validation_slices") or []
         record: dict[str, Any] = {"layer": layer, "version": version, "validation": validation}
         text = f"'{layer.name}' added"
-        if validation and truth_layer is not None and self.reference is not None:
+        if (validation and truth_layer is not None and self.reference is not None
+                and self.reference.shape == labels.shape == _volume(truth_layer.data).shape):
             truth = _volume(truth_layer.data)
             before = evaluate(self.reference, truth, validation)["per_slice_mean"]["dice"]
             after = evaluate(labels, truth, validation)["per_slice_mean"]["dice"]

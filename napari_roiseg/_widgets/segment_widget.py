@@ -9,6 +9,7 @@ loaded model, and the worker of a running whole-volume job.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,9 +33,11 @@ from qtpy.QtCore import QTimer
 
 from src_model.generators import drain
 
+from .. import busy
 from ..api import prepare_torch_import
 from ..layers import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, ResultLayers, image_array
 from ..segment import VolumeSegmentation, check_volume, default_checkpoint, iter_segment
+from ..volume_io import check_finite
 
 if TYPE_CHECKING:
     import napari
@@ -63,7 +66,10 @@ class VolumeRun:
     done: int = 0  # slices written to the mask layer
     reported: int = 0  # slices the worker has finished
     batches: int = 0
-    boxes_at: int = 0  # batch count when the Shapes layer was last rebuilt
+    boxes_at: float = 0.0  # time.monotonic() when the Shapes layer was last rebuilt
+    pbar_n: int = 0  # slices shown by napari's activity progress bar
+    pbar_at: float = 0.0  # time.monotonic() of its last update
+    boxes_n: int = -1  # box rows drawn at the last rebuild (no new rows: no rebuild)
     cancelled: bool = False
     error: str | None = None
     pbar: Any = None
@@ -98,7 +104,16 @@ class SegmentWidget(Container):
         Use this model instead of the shipped default (see :meth:`set_model`).
     """
 
-    SHAPES_EVERY = 4  # during a volume run, rebuild the Shapes layer every this many batches
+    # GUI updates during a volume run are throttled: each one costs the event loop a redraw
+    # (software OpenGL: tens of ms), and napari's activity progress bar even runs
+    # QApplication.processEvents() inside its update, so a redraw lands in the same slot.
+    # The mask layer and the dock's own progress bar still follow every batch.
+    # Rebuilding the Shapes layer costs 30-110 ms (napari re-triangulates every rectangle) and
+    # its redraw 30-50 more: measured, every rebuild during a run froze the view for over
+    # 100 ms (scripts/bench_gui_stall.py). So boxes are drawn once, when the run ends (or is
+    # cancelled); a finite value here rebuilds at most that often during the run.
+    SHAPES_EVERY_S = float("inf")
+    ACTIVITY_EVERY_S = 1.0  # update napari's activity progress bar at most this often
     FOLLOW_DELAY_MS = 40  # follow mode waits for the slider to rest this long
 
     def __init__(self, napari_viewer: napari.Viewer, model: Any = None) -> None:
@@ -112,6 +127,7 @@ class SegmentWidget(Container):
         self._memory_model: tuple[Any, str] | None = None  # (model, description) from set_model
         self._flushing = False
         self._finish_pending = False
+        self._token: busy.RunToken | None = None  # the run lock held by a volume run
 
         self._image = ComboBox(label="image", choices=self._image_choices)
         self._model_source = ComboBox(label="model", choices=self._model_choices,
@@ -310,6 +326,7 @@ class SegmentWidget(Container):
         try:
             data, _ = image_array(layer)
             volume = check_volume(data)
+            check_finite(volume, label=f"'{layer.name}'")  # before any layer is made
         except (TypeError, ValueError) as exc:
             show_error(f"Cannot segment '{layer.name}': {exc}")
             return None
@@ -329,18 +346,26 @@ class SegmentWidget(Container):
         if self._run is not None:
             show_info("A whole-volume run is in progress: wait for it or cancel it first.")
             return None
-        prepared = self._prepare()
-        if prepared is None:
+        token = busy.try_acquire("segmenting a slice")
+        if token is None:
+            show_error(busy.refusal("segmenting"))
             return None
-        volume, session, net, device = prepared
-        k = self.current_slice(self.image_layer)
+        k = None
         try:
+            prepared = self._prepare()
+            if prepared is None:
+                return None
+            volume, session, net, device = prepared
+            k = self.current_slice(self.image_layer)
             drain(iter_segment(volume, net, device=device, batch_size=1, slices=[k],
-                                out=session.result))
+                               out=session.result))
         except Exception as exc:  # GUI boundary
             show_error(f"Segmenting slice {k} failed: {exc}")
             return None
+        finally:
+            token.release()
         self._notify(session.layers.write_slices(session.result.labels, [k]))
+        session.layers.set_stats(session.result.stats)  # for the Review widget
         shown = self.show_boxes(session)
         area = int(session.result.labels[k].sum())
         self._status.value = f"slice {k}: mask {area} px, {shown} boxes shown"
@@ -354,12 +379,23 @@ class SegmentWidget(Container):
         if self._run is not None:
             show_info("A whole-volume run is already in progress.")
             return None
+        name = self.image_layer.name if self.image_layer is not None else "the volume"
+        token = busy.try_acquire(f"segmenting '{name}'")
+        if token is None:
+            show_error(busy.refusal("segmenting"))
+            return None
         prepared = self._prepare()
         if prepared is None:
+            token.release()
             return None
+        self._token = token  # released by _on_finished
         volume, session, net, device = prepared
         total = volume.shape[0]
         run = self._run = VolumeRun(session, total)
+        # Make the Shapes layer now, before the worker starts: creating a layer is the slowest
+        # GUI step (hundreds of ms with software OpenGL) and must not freeze the running view.
+        self.show_boxes(session)
+        run.boxes_at = run.pbar_at = time.monotonic()
         run.pbar = progress(total=total, desc=f"Segmenting {self.image_layer.name}")
         self._progress.max, self._progress.value = total, 0
         self._status.value = f"segmenting {total} slices…"
@@ -415,10 +451,16 @@ class SegmentWidget(Container):
                 self._progress.value = run.done
                 self._notify(run.session.layers.write_slices(run.session.result.labels,
                                                              range(start, run.done)))
-                run.pbar.update(run.done - start)
-                if run.batches - run.boxes_at >= self.SHAPES_EVERY:
-                    run.boxes_at = run.batches
+                # At most one of the two slow updates per slot, so that no single slot (plus
+                # the redraw that follows it) holds the event loop for 100 ms.
+                now = time.monotonic()
+                n_boxes = len(run.session.result.boxes)
+                if now - run.boxes_at >= self.SHAPES_EVERY_S and n_boxes != run.boxes_n:
+                    run.boxes_at, run.boxes_n = now, n_boxes
                     self.show_boxes(run.session)
+                elif now - run.pbar_at >= self.ACTIVITY_EVERY_S or run.done >= run.total:
+                    run.pbar_at, step, run.pbar_n = now, run.done - run.pbar_n, run.done
+                    run.pbar.update(step)
         finally:
             self._flushing = False
         if self._finish_pending:
@@ -440,10 +482,14 @@ class SegmentWidget(Container):
         self._finish_pending = False
         self._flush()
         run, self._run, self.worker = self._run, None, None
+        if self._token is not None:
+            self._token.release()
+            self._token = None
         if run is None:
             return
         self.last_run = run
         run.pbar.close()
+        run.session.layers.set_stats(run.session.result.stats)  # for the Review widget
         shown = self.show_boxes(run.session)
         self._set_running(False)
         if run.error:

@@ -15,7 +15,7 @@ pytest.importorskip("torchvision")
 from napari.utils.notifications import notification_manager  # noqa: E402
 
 from napari_roiseg._widgets import SegmentWidget  # noqa: E402
-from napari_roiseg.layers import filter_boxes  # noqa: E402
+from napari_roiseg.layers import STATS_KEY, filter_boxes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,9 @@ def test_slice_then_volume(setup, phantom):
     assert mask.data.shape == image.data.shape
     assert mask.data[4].any() and not np.delete(mask.data, 4, axis=0).any()
     assert set(shapes.features["slice"]) == {4}
+    # The model's per-slice review numbers travel with the mask (the Review widget reads them).
+    stats = mask.metadata[STATS_KEY]
+    assert np.isfinite(stats[4]).all() and np.isnan(stats[0]).all()
     np.testing.assert_allclose(mask.scale, image.scale)
     np.testing.assert_allclose(shapes.scale, image.scale)
 
@@ -100,6 +103,7 @@ def test_slice_then_volume(setup, phantom):
     assert viewer.layers["hip mask"] is mask and viewer.layers["hip boxes"] is shapes
     _assert_shapes_match(shapes, filter_boxes(session.result.boxes, 0.5, 3))
     assert 0 < shapes.nshapes <= 18
+    assert np.isfinite(mask.metadata[STATS_KEY]).all()
 
 
 def test_threshold_and_top_k_do_not_rerun_the_model(setup, forward_calls):

@@ -1,0 +1,195 @@
+"""The Review dock widget on a small phantom segmented by a small untrained model."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+# At collection, before any test draws with OpenGL: see api.prepare_torch_import.
+pytest.importorskip("torchvision")
+
+from napari_roiseg._widgets.review_widget import NEXT_KEY, PREVIOUS_KEY, ReviewWidget  # noqa: E402
+from napari_roiseg.history import CorrectionHistory  # noqa: E402
+from napari_roiseg.layers import STATS_KEY  # noqa: E402
+from napari_roiseg.project import Project  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def segmentation(phantom, untrained_model):
+    from napari_roiseg.segment import segment_array
+
+    return segment_array(phantom.volume, untrained_model(), device="cpu", batch_size=4)
+
+
+@pytest.fixture
+def setup(make_napari_viewer, phantom, segmentation, tmp_path):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.volume, name="hip", scale=phantom.spacing)
+    labels = viewer.add_labels(segmentation.labels.copy(), name="hip mask", scale=phantom.spacing,
+                               metadata={STATS_KEY: segmentation.stats,
+                                         "roiseg_prediction": segmentation.labels})
+    widget = ReviewWidget(viewer, project=tmp_path / "proj")
+    viewer.window.add_dock_widget(widget, name="Review queue")
+    widget.select(image, labels)
+    widget.refresh_scores()
+    return viewer, image, labels, widget
+
+
+def test_queue_click_plot_and_shortcuts(setup, qtbot):
+    viewer, image, labels, widget = setup
+    scores = widget.scores
+    assert widget.table.rowCount() == len(image.data) and "model scores" in widget._summary.value
+    shown = [int(widget.table.item(r, 1).text()) for r in range(widget.table.rowCount())]
+    assert shown == scores.order.tolist()
+
+    widget.table.cellClicked.emit(2, 0)  # click the third row
+    assert widget.current_slice() == scores.order[2]
+    assert list(widget.canvas._line.get_xdata()) == [scores.order[2]] * 2  # plot follows
+
+    widget.canvas._clicked(SimpleNamespace(xdata=7.2))  # click on the plot near slice 7
+    assert widget.current_slice() == 7
+
+    assert widget.shortcuts[NEXT_KEY].key().toString() == "J"
+    assert widget.shortcuts[PREVIOUS_KEY].key().toString() == "K"
+    widget._pos = 2
+    widget.shortcuts[NEXT_KEY].activated.emit()
+    assert widget.current_slice() == scores.order[3]
+    widget.shortcuts[PREVIOUS_KEY].activated.emit()
+    assert widget.current_slice() == scores.order[2]
+
+
+def test_marks_skip_and_persist(setup, make_napari_viewer, phantom, segmentation):
+    viewer, image, labels, widget = setup
+    order = widget.scores.order.tolist()
+    widget.go_to(order[1])
+    widget.mark_current("reviewed")
+    widget.go_to(order[0])
+    labels.data[order[0]] = phantom.labels[order[0]]  # the annotator fixes the slice
+    record = widget.mark_current("corrected")
+    assert record["slice"] == order[0] and 0 <= record["dice"] <= 1
+    assert record["version"] is None  # no model version in this project yet
+    widget._pos = -1
+    assert widget.step(1) == order[2]  # marked slices are skipped
+    marks_col = {int(widget.table.item(r, 1).text()): widget.table.item(r, 4).text()
+                 for r in range(widget.table.rowCount())}
+    assert marks_col[order[0]] == "corrected" and marks_col[order[1]] == "reviewed"
+
+    labels.data[order[3]] = 0 if labels.data[order[3]].any() else phantom.labels[order[3]]
+    labels.data[order[3], 0, 0] = 1  # make sure the slice differs from the prediction
+    assert order[3] in widget.record_edits()
+
+    folder = widget.project.folder
+    viewer.close()
+    viewer2 = make_napari_viewer()  # a new session: the marks are back
+    viewer2.add_image(phantom.volume, name="hip")
+    viewer2.add_labels(segmentation.labels.copy(), name="hip mask",
+                       metadata={STATS_KEY: segmentation.stats})
+    again = ReviewWidget(viewer2, project=folder)
+    again.select(viewer2.layers["hip"], viewer2.layers["hip mask"])
+    again.refresh_scores()
+    assert again.marks == {order[0]: "corrected", order[1]: "reviewed", order[3]: "corrected"}
+    saved = CorrectionHistory(folder).load_record("c0001")
+    assert np.array_equal(saved["correction"], phantom.labels[order[0]] != 0)
+    assert np.array_equal(saved["prediction"], segmentation.labels[order[0]])
+
+
+def test_fallback_scores_from_mask_and_boxes(make_napari_viewer, phantom, segmentation, tmp_path):
+    from napari_roiseg.layers import add_boxes_layer
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.volume, name="hip")
+    labels = viewer.add_labels(segmentation.labels.copy(), name="painted mask")
+    boxes = add_boxes_layer(viewer, segmentation.boxes)
+    widget = ReviewWidget(viewer, project=tmp_path / "p")
+    widget.select(image, labels, boxes)
+    scores = widget.refresh_scores()
+    assert "no probabilities" in widget._summary.value
+    assert np.isfinite(scores.score).all() and not scores.z["entropy"].any()
+
+
+def test_gate_compare_and_report(setup, untrained_model, phantom, tmp_path):
+    viewer, image, labels, widget = setup
+    project: Project = widget.project
+    good, blank = untrained_model(), untrained_model()
+    with torch.no_grad():
+        blank.head.score.bias[:] = torch.tensor([5.0, -5.0])
+    project.add_version(good, {"parent": None})
+    project.add_version(blank, {"parent": "v000"}, make_current=False)
+    filled = [k for k in range(len(labels.data)) if labels.data[k].any()]
+    for k in filled[:4]:  # "corrections" equal to v000's output
+        widget.history.record(k, labels.data[k], labels.data[k])
+    locked = widget.lock()
+    assert locked and set(locked) <= set(filled[:4])
+
+    widget._candidate.reset_choices()
+    widget._candidate.value = "v001"
+    changes = []
+    widget.version_changed.connect(changes.append)
+    decision = widget.gate()
+    assert not decision.accepted and project.current_version == "v000"
+    assert widget._override_button.enabled and "rejected" in widget._gate_info.value
+    widget._reason.value = "testing the override"
+    decision = widget.gate(override=widget._reason.value)
+    assert decision.accepted and decision.override["why"] == "testing the override"
+    assert changes == ["v001"] and project.current_version == "v001"
+
+    project.set_current("v000")
+    widget.go_to(filled[0])
+    shown = widget.compare()
+    assert shown["candidate"]["area"] == 0 and shown["current"]["area"] > 0
+    names = {layer.name for layer in viewer.layers}
+    assert {"compare candidate mask", "compare current mask", "compare candidate boxes",
+            "compare current boxes"} <= names
+    assert viewer.layers["compare current mask"].data[filled[0]].any()
+
+    paths = widget.export_report(tmp_path / "report")
+    page = paths["html"].read_text()
+    assert "testing the override" in page and "data:image/png;base64," in page
+
+
+def test_keys_pressed_on_the_canvas_walk_the_queue(make_napari_viewer, qtbot, tmp_path):
+    from qtpy.QtCore import Qt
+
+    viewer = make_napari_viewer(show=True)
+    lab = np.zeros((10, 30, 30), np.uint8)
+    lab[2:8, 5:15, 5:15] = 1
+    lab[5] = 0  # a gap in the run: first in the queue
+    image = viewer.add_image(np.random.default_rng(0).random((10, 30, 30)))
+    labels = viewer.add_labels(lab)
+    widget = ReviewWidget(viewer, project=tmp_path / "p")
+    viewer.window.add_dock_widget(widget)
+    widget.select(image, labels)
+    order = widget.refresh_scores().order.tolist()
+    assert order[0] == 5
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_J)
+    assert widget.current_slice() == 5
+    qtbot.keyClick(canvas, Qt.Key.Key_J)
+    assert widget.current_slice() == order[1]
+    qtbot.keyClick(canvas, Qt.Key.Key_K)
+    assert widget.current_slice() == 5
+
+
+def test_finetune_widget_holds_the_locked_set_out(make_napari_viewer, phantom, segmentation,
+                                                  untrained_model, tmp_path):
+    from napari_roiseg._widgets.finetune_widget import FinetuneWidget
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.volume, name="hip")
+    labels = viewer.add_labels(segmentation.labels.copy(), name="hip mask",
+                               metadata={"roiseg_prediction": segmentation.labels})
+    history = CorrectionHistory(tmp_path / "proj")
+    history.lock(phantom.volume, phantom.labels, [6])
+    tune = FinetuneWidget(viewer, model=untrained_model(), project=tmp_path / "proj")
+    tune.select(image, labels)
+    for k in (1, 2, 3, 5, 6, 7, 9, 10):
+        labels.data[k] = phantom.labels[k]
+        labels.data[k, 0, 0] = 1  # differs from the prediction: a correction
+    tune.refresh_corrections(save=False)
+    plan = tune.plan()
+    assert plan.validation == (6,)
+    assert not {5, 6, 7} & set(plan.train) and set(plan.train) == {1, 2, 3, 9, 10}
