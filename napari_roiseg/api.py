@@ -172,6 +172,8 @@ def gate_version(project: Any, candidate: str, *, tolerance: float = 0.02,
     ``tolerance`` below the current version's; ``override`` (a reason) accepts it anyway and is
     logged with ``who`` and the time. Returns the ``history.GateDecision``.
 
+    Raises ``busy.BusyError`` while a segmentation or fine-tune runs in this process.
+
     Examples
     --------
     ::
@@ -179,9 +181,12 @@ def gate_version(project: Any, candidate: str, *, tolerance: float = 0.02,
         gate_version("~/hip.roiseg", "v003")                       # the rule decides
         gate_version("~/hip.roiseg", "v003", override="v002 misses the lateral edge")
     """
+    from .busy import exclusive
+
     prepare_torch_import()
-    return correction_history(project).gate(candidate, tolerance=tolerance, override=override,
-                                            who=who, device=device)
+    with exclusive(f"gating {candidate}"):  # BusyError while a segmentation or fine-tune runs
+        return correction_history(project).gate(candidate, tolerance=tolerance,
+                                                override=override, who=who, device=device)
 
 
 def export_review_report(out_dir: Any, project: Any = None, labels: Any = None,

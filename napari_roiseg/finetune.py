@@ -214,7 +214,10 @@ def iter_finetune(
     masks whatever ``labels`` hold there. With ``validation`` slices the weights with the best
     validation dice are kept (also after a stop); step 0 holds the starting model's metrics.
     ``model`` is never changed (None: the shipped default). With ``project`` the result is saved
-    as a new version whose parent is ``parent`` (default: the project's current version).
+    as a new version whose parent is ``parent`` (default: the project's current version), made
+    current; with a locked set the caller then sends it through the gate
+    (``history.route_new_version``), as :func:`finetune` and the Fine-tune widget do, and plans
+    the slices with ``history.locked_plan`` so that the locked slices stay a held-out test.
     """
     import time
 
@@ -321,14 +324,21 @@ def finetune(
     validation : sequence of int, optional
         Slices held out to pick the best weights and report dice. None chooses them among
         ``slices`` (about a quarter, never direct neighbours of training slices; none when fewer
-        than 3 slices); ``[]`` trains on all slices and keeps the last weights.
+        than 3 slices); ``[]`` trains on all slices and keeps the last weights. With a
+        ``project`` that has a locked set (``history.CorrectionHistory.lock``, the Review
+        widget), the locked slices and their neighbours are used neither for training nor for
+        validation (``history.locked_plan``): they are the gate's held-out test.
     negatives : sequence of int
         Slices without acetabulum, trained as empty masks.
     lr, batch_size, augment, seed, device
         Adam learning rate, slices per step, ultrasound augmentation, seed, "auto"/"cpu"/"cuda".
     project : folder or Project, optional
         Save the result there as a new version (``versions/vNNN.pt``) and make it current; a
-        new project first saves the starting model as ``v000``.
+        new project first saves the starting model as ``v000``. With a locked set the new
+        version must pass the gate (``history.route_new_version``): if its locked-set dice is
+        more than the tolerance below its parent's, it is kept in the project but the parent
+        stays current (``finetune_summary["gate"]`` holds the decision; ``api.gate_version``
+        with ``override=`` accepts it anyway).
     on_progress : callable, optional
         Called with every ``src_model.train.TrainProgress`` record.
 
@@ -344,7 +354,8 @@ def finetune(
     torch.nn.Module
         The fine-tuned model, in eval mode; pass it as ``model=`` to ``segment_volume`` or to
         this function again. Its attribute ``finetune_summary`` (dict) holds the slices used,
-        the state, the validation metrics before and after, and the saved version's name.
+        the state, the validation metrics before and after, the saved version's name, the
+        locked slices, the gate's decision and the project's current version afterwards.
 
     Examples
     --------
@@ -376,24 +387,47 @@ def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any,
     if slices is None:
         slices = np.flatnonzero(labels_arr.reshape(labels_arr.shape[0], -1).any(axis=1)).tolist()
     pool = sorted(set(int(k) for k in slices) | set(int(k) for k in negatives))
-    plan = plan_slices(pool, validation=validation)
     if project is not None and not isinstance(project, Project):
         project = Project(project)
+    from .history import locked_plan, locked_slices, route_new_version
+
+    locked = locked_slices(project)
+    # With a locked set (the Review widget's, or history.lock) its slices are the gate's
+    # held-out test: never trained on, never used to pick the weights (as in the widget).
+    plan = (locked_plan(pool, locked, validation=validation) if locked
+            else plan_slices(pool, validation=validation))
     config = FinetuneConfig(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size,
                             augment=augment, seed=seed, device=device)
+    if not plan.train:  # before anything is written
+        raise ValueError("no training slices: correct some slices (or mark them) first" + (
+            f" (slices {format_slices(locked)} are locked: the gate's held-out test, never "
+            "trained on, nor their neighbours)" if locked else ""))
+    start_is_current = False  # is ``model`` the weights of the project's current version?
     if project is not None and project.current_version is None:
         from .segment import load_model
 
         model = load_model(model)
         project.add_version(model, {"parent": None, "source": "finetune() start"})
+        start_is_current = True
     elif project is not None and model is None:
         model = project.load_version()  # continue from the project's current version
+        start_is_current = True
     result: FinetuneResult = drain(
         iter_finetune(image_arr, labels_arr, plan.train, plan.validation, model, config,
                       negatives=negatives, project=project), on_progress)
+    decision = None
+    if result.version is not None:
+        # add_version made it current; with a locked set it must pass the gate like the
+        # widget's versions (rejected: it stays in the project, its parent is current again)
+        decision = route_new_version(project, result.version, result.model,
+                                     current_model=model if start_is_current else None,
+                                     device=device)
     net = result.model
-    net.finetune_summary = {**result.info(config), "version": result.version,
-                            "message": result.message, "warnings": list(plan.warnings)}
+    net.finetune_summary = {
+        **result.info(config), "version": result.version, "message": result.message,
+        "warnings": list(plan.warnings), "locked_slices": list(locked),
+        "gate": None if decision is None else asdict(decision),
+        "current_version": project.current_version if project is not None else None}
     return net
 
 

@@ -13,8 +13,10 @@ Kept in the project folder beside the versions (every write atomic: temporary fi
   against the fix; both empty scores 1.0, as in ``src_model.metrics``).
 * The **locked set** is a set of corrected slices frozen at one point. By default it is the
   held-out (validation) part of ``corrections.plan_slices`` of the corrections at that time, so no
-  locked slice is a training slice or a direct neighbour of one; afterwards the Fine-tune widget
-  always validates on it (:func:`locked_plan`), so fine-tuning never trains on it.
+  locked slice is a training slice or a direct neighbour of one. Afterwards fine-tuning (the
+  Fine-tune widget and ``api.finetune(project=...)``) plans with :func:`locked_plan`: the locked
+  slices and their neighbours are used neither to train nor to pick the best weights, so the
+  gate's score on them is a true held-out test.
 * Every version is scored on the locked set (per-slice mean dice / precision / recall, cached).
   The **gate**: a candidate becomes current only if ``dice(candidate) >= dice(current) -
   tolerance`` (default :data:`DEFAULT_TOLERANCE`); the user may override a rejection, and the
@@ -25,10 +27,13 @@ No napari or Qt; torch only inside :func:`evaluate_model`.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import getpass
 import json
 import os
+import re
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .corrections import SlicePlan, format_slices, plan_slices
-from .project import Project, _write_json_atomic
+from .project import Project, SharedJson
 
 __all__ = ["DEFAULT_TOLERANCE", "CorrectionHistory", "GateDecision", "evaluate_model",
            "locked_plan", "locked_slices", "mask_scores", "route_new_version"]
@@ -114,25 +119,31 @@ class CorrectionHistory:
         self.records_dir = self.folder / "records"
         self.records_dir.mkdir(parents=True, exist_ok=True)
         self._file = self.folder / "history.json"
-        if self._file.exists():
-            try:
-                self.state = json.loads(self._file.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"{self._file} cannot be read ({exc}); restore it from a backup "
-                                 "or move it away to start a new history") from exc
-        else:
-            self.state = {"format": HISTORY_FORMAT, "records": [], "review": {}, "locked": None,
-                          "version_metrics": {}, "gate": []}
+        self._json = SharedJson(self._file, self.project.lock, self._new_state, None,
+                                "move it away to start a new history")
+        self._json.read()  # raises on an unreadable file
 
-    def _save(self) -> None:
-        _write_json_atomic(self._file, self.state)
+    @staticmethod
+    def _new_state() -> dict[str, Any]:
+        return {"format": HISTORY_FORMAT, "records": [], "review": {}, "locked": None,
+                "version_metrics": {}, "gate": []}
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """``history.json`` as it is on disk now (read-only: change it with :meth:`_update`)."""
+        return self._json.read()
+
+    def _update(self, change: Any) -> Any:
+        """Apply ``change(state)`` to ``history.json`` as it is on disk now and write it back
+        (under the project folder's lock), so that no other object's changes are lost."""
+        return self._json.update(change)
 
     # ---------------------------------------------------------------- corrections
 
     @property
     def records(self) -> list[dict[str, Any]]:
         """Every correction record (plain data, oldest first)."""
-        return list(self.state["records"])
+        return copy.deepcopy(self.state["records"])
 
     def record(self, k: int, prediction: np.ndarray, correction: np.ndarray,
                boxes: np.ndarray | None = None, *, version: str | None = None,
@@ -146,18 +157,42 @@ class CorrectionHistory:
             raise ValueError(f"prediction {pred.shape} and correction {fix.shape} must be one "
                              "slice (H, W) each, of the same shape")
         rows = np.zeros((0, 6), np.float32) if boxes is None else np.asarray(boxes, np.float32)
-        rid = f"c{len(self.state['records']) + 1:04d}"
-        _save_npz_atomic(self.records_dir / f"{rid}.npz", prediction=pred, correction=fix,
-                         boxes=rows.reshape(-1, 6))
+        with self.project.lock:
+            rid = self._reserve_record_id()
+        try:
+            _save_npz_atomic(self.records_dir / f"{rid}.npz", prediction=pred, correction=fix,
+                             boxes=rows.reshape(-1, 6))
+        except BaseException:
+            (self.records_dir / f"{rid}.npz").unlink(missing_ok=True)
+            raise
         entry = {"id": rid, "slice": int(k), "version": version or self.project.current_version,
                  "who": who or _user(), "when": _now(), "prediction_area": int(pred.sum()),
                  "correction_area": int(fix.sum()), "n_boxes": len(rows),
                  **mask_scores(pred, fix)}
-        self.state["records"].append(entry)
-        self.state["review"][str(int(k))] = {"state": "corrected", "when": entry["when"],
-                                             "version": entry["version"]}
-        self._save()
+
+        def add(state: dict[str, Any]) -> None:
+            state["records"].append(entry)
+            state["review"][str(int(k))] = {"state": "corrected", "when": entry["when"],
+                                            "version": entry["version"]}
+
+        self._update(add)
         return entry
+
+    def _reserve_record_id(self) -> str:
+        """The next free record id (one more than the largest in the history or on disk), its
+        file created empty (exclusively) so that no other writer takes it."""
+        taken = {int(r["id"][1:]) for r in self.state["records"]
+                 if re.fullmatch(r"c\d+", str(r.get("id", "")))}
+        taken |= {int(p.stem[1:]) for p in self.records_dir.glob("c*.npz")
+                  if re.fullmatch(r"c\d+", p.stem)}
+        number = max(taken) + 1 if taken else 1
+        while True:
+            rid = f"c{number:04d}"
+            try:
+                with open(self.records_dir / f"{rid}.npz", "xb"):
+                    return rid
+            except FileExistsError:
+                number += 1
 
     def load_record(self, rid: str) -> dict[str, np.ndarray]:
         """``prediction``, ``correction`` (H, W) uint8 and ``boxes`` (K, 6) of record ``rid``."""
@@ -166,7 +201,7 @@ class CorrectionHistory:
 
     def latest_by_slice(self) -> dict[int, dict[str, Any]]:
         """The newest record of each corrected slice."""
-        return {int(r["slice"]): r for r in self.state["records"]}
+        return {int(r["slice"]): dict(r) for r in self.state["records"]}
 
     # ---------------------------------------------------------------- review marks
 
@@ -177,14 +212,18 @@ class CorrectionHistory:
 
     def mark(self, k: int, state: str | None) -> None:
         """Mark slice ``k`` as one of :data:`REVIEW_STATES` (None removes the mark)."""
-        if state is None:
-            self.state["review"].pop(str(int(k)), None)
-        elif state in REVIEW_STATES:
-            self.state["review"][str(int(k))] = {"state": state, "when": _now(),
-                                                 "version": self.project.current_version}
-        else:
+        if state is not None and state not in REVIEW_STATES:
             raise ValueError(f"unknown review mark {state!r}: use one of {REVIEW_STATES} or None")
-        self._save()
+        entry = (None if state is None else
+                 {"state": state, "when": _now(), "version": self.project.current_version})
+
+        def change(saved: dict[str, Any]) -> None:
+            if entry is None:
+                saved["review"].pop(str(int(k)), None)
+            else:
+                saved["review"][str(int(k))] = entry
+
+        self._update(change)
 
     # ---------------------------------------------------------------- locked set
 
@@ -211,12 +250,17 @@ class CorrectionHistory:
         volume = np.asarray(image)
         images = normalize_slices(np.asarray(volume[index]), intensity_range(volume))
         truth = np.stack([(np.asarray(labels[k]) != 0).astype(np.uint8) for k in index])
-        _save_npz_atomic(self.folder / "locked.npz", slices=np.asarray(index), images=images,
-                         truth=truth)
-        self.state["locked"] = {"slices": index, "when": _now(), "who": who or _user(),
-                                "id": f"{_now()}:{format_slices(index)}"}
-        self.state["version_metrics"] = {}  # scores on an older locked set no longer compare
-        self._save()
+        locked = {"slices": index, "when": _now(), "who": who or _user(),
+                  "id": f"{_now()}:{format_slices(index)}:{uuid.uuid4().hex[:8]}"}
+
+        def change(state: dict[str, Any]) -> None:
+            state["locked"] = locked
+            state["version_metrics"] = {}  # scores on an older locked set no longer compare
+
+        with self.project.lock:  # the arrays and the JSON change together
+            _save_npz_atomic(self.folder / "locked.npz", slices=np.asarray(index), images=images,
+                             truth=truth)
+            self._update(change)
         return index
 
     def locked_data(self) -> tuple[np.ndarray, np.ndarray]:
@@ -224,7 +268,7 @@ class CorrectionHistory:
         if not self.locked:
             raise ValueError("no locked set yet: lock one first (Review widget: 'Lock held-out "
                              "set', or CorrectionHistory.lock)")
-        with np.load(self.folder / "locked.npz") as data:
+        with self.project.lock, np.load(self.folder / "locked.npz") as data:
             return data["images"], data["truth"]
 
     # ---------------------------------------------------------------- versions and gate
@@ -234,19 +278,25 @@ class CorrectionHistory:
         ``precision``, ``recall`` (per-slice mean), ``per_slice_dice`` and ``n``."""
         cached = self.state["version_metrics"].get(name)
         if cached is not None:
-            return cached
+            return copy.deepcopy(cached)
+        with self.project.lock:  # the locked set these scores belong to
+            locked_id = (self.state.get("locked") or {}).get("id")
+            images, truth = self.locked_data()
         net = model if model is not None else self.project.load_version(name)
-        images, truth = self.locked_data()
         metrics = evaluate_model(net, images, truth, device=device)
         metrics["when"] = _now()
-        self.state["version_metrics"][name] = metrics
-        self._save()
+
+        def store(state: dict[str, Any]) -> None:
+            if (state.get("locked") or {}).get("id") == locked_id:  # not re-locked meanwhile
+                state["version_metrics"][name] = metrics
+
+        self._update(store)
         return metrics
 
     @property
     def decisions(self) -> list[dict[str, Any]]:
         """Every gate decision (plain data, oldest first)."""
-        return list(self.state["gate"])
+        return copy.deepcopy(self.state["gate"])
 
     def gate(self, candidate: str, current: str | None = None, *, candidate_model: Any = None,
              current_model: Any = None, tolerance: float = DEFAULT_TOLERANCE,
@@ -280,11 +330,14 @@ class CorrectionHistory:
             candidate, current, cand["dice"], cur["dice"] if cur else None, cand["precision"],
             cur["precision"] if cur else None, float(tolerance), bool(passed),
             bool(passed or note is not None), note, _now())
-        self.state["gate"].append(asdict(decision))
-        self._save()
         winner = candidate if decision.accepted else current
-        if winner is not None and winner != self.project.current_version:
-            self.project.set_current(winner)
+        with self.project.lock:
+            self._update(lambda state: state["gate"].append(asdict(decision)))
+            now = self.project.current_version
+            # Another writer may have made a third version current while the models were being
+            # scored: leave that choice alone (the decision is logged either way).
+            if winner is not None and winner != now and now in (candidate, current, None):
+                self.project.set_current(winner)
         return decision
 
 
@@ -319,17 +372,51 @@ def locked_slices(project: Project | None) -> list[int]:
 
 
 def locked_plan(slices: Iterable[int], locked: Iterable[int], *,
-                train: Iterable[int] | None = None) -> SlicePlan:
-    """``plan_slices`` with the locked set as the validation slices: fine-tuning never trains
-    on a locked slice or on a direct neighbour of one."""
+                train: Iterable[int] | None = None, validation: Iterable[int] | None = None,
+                gap: int = 1) -> SlicePlan:
+    """The slice plan of a project with a locked set.
+
+    The locked slices are the gate's held-out test, so they and their neighbours (within
+    ``gap``) are kept out of training *and* out of the validation that picks the fine-tuned
+    weights: otherwise the gate would score the weights chosen for doing well on those very
+    slices. The other corrected ``slices`` are planned as usual (:func:`plan_slices`;
+    ``validation`` None chooses about a quarter of them, ``[]`` none; ``train`` / ``validation``
+    slices that are locked or next to a locked slice are dropped with a warning). With no
+    validation slice left, training keeps the last weights, and a warning says so.
+    """
     locked = sorted(set(int(k) for k in locked))
-    pool = sorted(set(int(k) for k in slices) | set(locked))
-    return plan_slices(pool, train=train, validation=locked or None)
+    if not locked:
+        return plan_slices(slices, train=train, validation=validation, gap=gap)
+    near = {k + d for k in locked for d in range(-gap, gap + 1)}
+    corrected = {int(k) for k in slices}
+    warnings: list[str] = []
+
+    def strip(chosen: Iterable[int] | None, what: str) -> list[int] | None:
+        if chosen is None:
+            return None
+        chosen = sorted(set(int(k) for k in chosen))
+        dropped = [k for k in chosen if k in near]
+        if dropped:
+            warnings.append(f"{what} slices {format_slices(dropped)} are left out: they are "
+                            "locked (the gate's held-out test) or next to a locked slice")
+        return [k for k in chosen if k not in near]
+
+    plan = plan_slices(sorted(corrected - near), train=strip(train, "training"),
+                       validation=strip(validation, "validation"), gap=gap)
+    for warning in plan.warnings:
+        if warning.startswith("no validation slices"):
+            warning = ("no validation slices outside the locked set: the locked slices are kept "
+                       "for the gate, so training keeps the last weights (not the best) and no "
+                       "validation dice is shown; correct more slices away from the locked ones "
+                       "to validate on")
+        warnings.append(warning)
+    unused = sorted(set(plan.unused) | (corrected & near))
+    return SlicePlan(plan.train, plan.validation, tuple(unused), tuple(warnings))
 
 
 def route_new_version(project: Project, name: str, model: Any = None, *,
-                      current_model: Any = None,
-                      tolerance: float = DEFAULT_TOLERANCE) -> GateDecision | None:
+                      current_model: Any = None, tolerance: float = DEFAULT_TOLERANCE,
+                      device: str = "auto") -> GateDecision | None:
     """Send a just-saved version ``name`` (made current by ``Project.add_version``) through the
     gate against its parent. Without a locked set nothing changes and None is returned; a
     rejected version stays in the project but its parent becomes current again."""
@@ -338,4 +425,4 @@ def route_new_version(project: Project, name: str, model: Any = None, *,
     parent = project.versions.get(name, {}).get("parent")
     history = CorrectionHistory(project)
     return history.gate(name, parent, candidate_model=model, current_model=current_model,
-                        tolerance=tolerance)
+                        tolerance=tolerance, device=device)

@@ -26,10 +26,14 @@ DEFAULT_TOP_K = 3
 BOX_COLORMAP = "plasma"  # score 0.5 -> magenta, 1.0 -> yellow: both stand out on grey speckle
 # Labels-layer metadata: per-slice ``review.slice_stats`` rows (the review queue reads them)
 STATS_KEY = "roiseg_stats"
+# Labels-layer metadata: the model's own mask (S, H, W) as written to the layer, before any edit
+# (the Review and Fine-tune widgets compare the annotator's corrections with it)
+PREDICTION_KEY = "roiseg_prediction"
 
 __all__ = [
     "DEFAULT_SCORE_THRESHOLD",
     "DEFAULT_TOP_K",
+    "PREDICTION_KEY",
     "STATS_KEY",
     "ResultLayers",
     "add_boxes_layer",
@@ -220,12 +224,17 @@ def add_result_layers(viewer: Any, image_layer: Any, labels: np.ndarray, boxes: 
     that pass :func:`filter_boxes`, both placed on ``image_layer`` (may be None).
 
     ``labels`` has the image's shape, ``(S, H, W)`` or ``(H, W)``; ``stats`` (per-slice review
-    rows, ``VolumeSegmentation.stats``) go to the Labels layer's ``metadata[STATS_KEY]``.
-    Returns ``(labels_layer, shapes_layer)``.
+    rows, ``VolumeSegmentation.stats``) go to the Labels layer's ``metadata[STATS_KEY]``, and the
+    model's mask as shown, ``(S, H, W)`` read-only, to ``metadata[PREDICTION_KEY]`` (what the
+    annotator's edits are compared with). Returns ``(labels_layer, shapes_layer)``.
     """
     labels_name, boxes_name = _default_names(image_layer)
     labels = np.array(labels, dtype=np.uint8, copy=True)  # painting must not change the caller's array
-    metadata = {STATS_KEY: np.asarray(stats)} if stats is not None else {}
+    prediction = labels.copy()  # the layer's own data changes as the annotator paints
+    prediction.flags.writeable = False
+    metadata = {PREDICTION_KEY: prediction[None] if prediction.ndim == 2 else prediction}
+    if stats is not None:
+        metadata[STATS_KEY] = np.asarray(stats)
     labels_layer = viewer.add_labels(labels, name=labels_name, metadata=metadata,
                                      **transform_kwargs(image_layer))
     shapes_layer = add_boxes_layer(viewer, filter_boxes(boxes, score_threshold, top_k),
@@ -239,7 +248,9 @@ class ResultLayers:
     The mask layer is updated in place only while it still holds exactly what was last written
     to it; once the user has painted on it, the next write goes to a new layer (napari suffixes
     its name) and :meth:`prepare` returns a message saying so. Both layers follow the image
-    layer's scale, translation, rotation, shear and affine.
+    layer's scale, translation, rotation, shear and affine. The mask layer's
+    ``metadata[PREDICTION_KEY]`` is the model's output as written to it (``(S, H, W)``, kept up
+    to date slice by slice; the very array this object compares the layer with, not a copy).
 
     Parameters
     ----------
@@ -292,11 +303,14 @@ class ResultLayers:
         return message
 
     def _new_labels_layer(self, labels: np.ndarray) -> None:
+        # ``_written`` is both what this object compares the layer with and the layer's model
+        # prediction (metadata): write_slices updates it in place, so the metadata follows. A
+        # layer left behind (edited) keeps its own array: the prediction it was shown.
         self._written = np.array(labels, dtype=np.uint8, copy=True)
         data = self._written.copy()
         self.labels_layer = self.viewer.add_labels(
             data[0] if self.ndim == 2 else data, name=self.labels_name,
-            **transform_kwargs(self.image_layer))
+            metadata={PREDICTION_KEY: self._written}, **transform_kwargs(self.image_layer))
 
     def write_slices(self, labels: np.ndarray, slices: Iterable[int]) -> str | None:
         """Copy ``labels[k]`` for each ``k`` in ``slices`` into the mask layer and redraw it.

@@ -8,16 +8,24 @@ Layout (every write atomic: temporary file in the same folder + ``os.replace``):
     <project>/corrections/prediction.tif    the prediction the corrections were compared with
     <project>/corrections/corrections.json  detected slices and marks
 
+Several objects may hold the same folder at once (the Fine-tune and Review widgets, the API, a
+script): none keeps a private copy of ``project.json``. Readers see the file as it is now (it is
+re-read when it changed on disk), and every change is a read-modify-write of the file under the
+folder's process-wide lock (:func:`folder_lock`), so one object never writes back another's stale
+copy.
+
 No napari or Qt; torch only inside the methods that save or load a model version.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 import os
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +36,7 @@ from .corrections import Corrections
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Project", "default_project_folder", "metrics_summary"]
+__all__ = ["Project", "SharedJson", "default_project_folder", "folder_lock", "metrics_summary"]
 
 PROJECT_FORMAT = "napari-roiseg-project/1"
 CORRECTIONS_FORMAT = "napari-roiseg-corrections/1"
@@ -46,6 +54,69 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
             json.dump(data, fh, indent=1)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+_WRITES: dict[str, int] = {}  # file -> how many times this process wrote it (cache key part)
+
+
+def folder_lock(folder: str | os.PathLike) -> threading.RLock:
+    """The process-wide lock of a project folder (one per resolved path; re-entrant): held for
+    every read-modify-write of the folder's JSON files and while a new name is reserved."""
+    key = os.path.realpath(os.fspath(folder))
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(key, threading.RLock())
+
+
+class SharedJson:
+    """A small JSON file that several objects and processes share: :meth:`read` returns the file
+    as it is now (parsed again only when its modification time, size or inode changed, or this
+    process wrote it since), :meth:`update` re-reads it, applies one change and writes it
+    atomically, all under ``lock``. The dict :meth:`read` returns must not be changed."""
+
+    def __init__(self, path: Path, lock: threading.RLock, default: Callable[[], dict[str, Any]],
+                 check: Callable[[dict[str, Any]], None] | None = None, advice: str = "") -> None:
+        self.path, self.lock = path, lock
+        self._key = os.path.realpath(path)
+        self._default, self._check, self._advice = default, check, advice
+        self._data: dict[str, Any] | None = None
+        self._stamp: tuple[int, ...] | None = None
+
+    def _stat(self) -> tuple[int, ...] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino, _WRITES.get(self._key, 0))
+
+    def read(self) -> dict[str, Any]:
+        stamp = self._stat()
+        if stamp is None:
+            return self._default()
+        if self._data is None or stamp != self._stamp:
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{self.path} cannot be read ({exc}); {self._advice}") from exc
+            if self._check is not None:
+                self._check(data)
+            self._data, self._stamp = data, stamp
+        return self._data
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def update(self, change: Callable[[dict[str, Any]], Any]) -> Any:
+        """``change(state)`` on the state as it is on disk now, then write it back; returns what
+        ``change`` returns. Nothing is written if ``change`` raises."""
+        with self.lock:
+            state = copy.deepcopy(self.read())
+            out = change(state)
+            _write_json_atomic(self.path, state)
+            _WRITES[self._key] = _WRITES.get(self._key, 0) + 1
+            self._data, self._stamp = state, self._stat()
+        return out
 
 
 def _write_tiff_atomic(path: Path, data: np.ndarray, slice_labels: list[str] | None = None) -> None:
@@ -95,22 +166,33 @@ class Project:
         for d in (self.folder, self.versions_dir, self.corrections_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._file = self.folder / "project.json"
-        if self._file.exists():
-            try:
-                self.state = json.loads(self._file.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ValueError(f"{self._file} cannot be read ({exc}); restore it from a backup "
-                                 "or choose another project folder") from exc
-            if self.state.get("format") != PROJECT_FORMAT:
-                raise ValueError(f"{self._file} is not a napari-roiseg project "
-                                 f"(format {self.state.get('format')!r})")
-        else:
-            self.state = {"format": PROJECT_FORMAT, "created": _now(), "current_version": None,
-                          "image": None, "versions": {}}
-            self._save_state()
+        self.lock = folder_lock(self.folder)
+        self._json = SharedJson(self._file, self.lock, self._new_state, self._check_state,
+                                "restore it from a backup or choose another project folder")
+        with self.lock:
+            if self._file.exists():
+                self._json.read()  # raises on an unreadable or foreign file
+            else:
+                self._json.update(lambda state: None)
 
-    def _save_state(self) -> None:
-        _write_json_atomic(self._file, self.state)
+    @staticmethod
+    def _new_state() -> dict[str, Any]:
+        return {"format": PROJECT_FORMAT, "created": _now(), "current_version": None,
+                "image": None, "versions": {}}
+
+    def _check_state(self, state: dict[str, Any]) -> None:
+        if state.get("format") != PROJECT_FORMAT:
+            raise ValueError(f"{self._file} is not a napari-roiseg project "
+                             f"(format {state.get('format')!r})")
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """``project.json`` as it is on disk now (read-only: change it with :meth:`_update`)."""
+        return self._json.read()
+
+    def _update(self, change: Callable[[dict[str, Any]], Any]) -> Any:
+        """Apply ``change`` to ``project.json`` as it is on disk now and write it back."""
+        return self._json.update(change)
 
     # ---------------------------------------------------------------- image identity
 
@@ -127,8 +209,7 @@ class Project:
                     f"{tuple(saved)} ('{image.get('name', '?')}'), not {tuple(shape)}: choose "
                     "another project folder for this volume")
         if self.state.get("image") != {"name": name, "shape": shape}:
-            self.state["image"] = {"name": name, "shape": shape}
-            self._save_state()
+            self._update(lambda state: state.__setitem__("image", {"name": name, "shape": shape}))
 
     # ---------------------------------------------------------------- versions
 
@@ -139,30 +220,52 @@ class Project:
     @property
     def versions(self) -> dict[str, dict[str, Any]]:
         """Version name -> its summary (parent, created, slices, metrics, state), oldest first."""
-        return dict(sorted(self.state["versions"].items()))
+        return copy.deepcopy(dict(sorted(self.state["versions"].items())))
 
     def version_path(self, name: str) -> Path:
         return self.versions_dir / f"{name}.pt"
 
-    def _next_name(self) -> str:
-        taken = [int(n[1:]) for n in self.state["versions"] if re.fullmatch(r"v\d+", n)]
-        return f"v{(max(taken) + 1) if taken else 0:03d}"
+    def _reserve_name(self) -> str:
+        """The next free version name, its file created empty (exclusively) so that no other
+        writer, in this process or another, takes it; names of files left by an interrupted
+        save are skipped too. Call with :attr:`lock` held."""
+        taken = {int(n[1:]) for n in self.state["versions"] if re.fullmatch(r"v\d+", n)}
+        taken |= {int(p.stem[1:]) for p in self.versions_dir.glob("v*.pt")
+                  if re.fullmatch(r"v\d+", p.stem)}
+        number = max(taken) + 1 if taken else 0
+        while True:
+            name = f"v{number:03d}"
+            try:
+                with open(self.version_path(name), "xb"):
+                    return name
+            except FileExistsError:
+                number += 1
 
     def add_version(self, model: nn.Module, info: dict[str, Any], *, make_current: bool = True) -> str:
         """Save ``model`` as the next version (``v000`` first) with ``info`` (plain data: parent,
-        slices, metrics, ...) in its checkpoint metadata and the project index; returns its name."""
+        slices, metrics, ...) in its checkpoint metadata and the project index; returns its name.
+        ``make_current``: also make it the current version (a caller with a locked set then
+        sends it through the gate, ``history.route_new_version``)."""
         from src_model.checkpoint import save_checkpoint
 
-        name = self._next_name()
+        with self.lock:
+            name = self._reserve_name()
         entry = {"name": name, "created": _now(), **info}
         meta = {"model_version": entry, "parent": entry.get("parent")}
         if "steps_done" in info:
             meta["training"] = {"steps_done": info["steps_done"], **info.get("config", {})}
-        save_checkpoint(self.version_path(name), model, meta)  # atomic
-        self.state["versions"][name] = entry
-        if make_current:
-            self.state["current_version"] = name
-        self._save_state()
+        try:
+            save_checkpoint(self.version_path(name), model, meta)  # atomic
+        except BaseException:
+            self.version_path(name).unlink(missing_ok=True)  # give the reserved name back
+            raise
+
+        def add(state: dict[str, Any]) -> None:
+            state["versions"][name] = entry
+            if make_current:
+                state["current_version"] = name
+
+        self._update(add)
         return name
 
     def load_version(self, name: str | None = None) -> nn.Module:
@@ -170,19 +273,23 @@ class Project:
         from src_model.checkpoint import load_checkpoint
 
         name = name or self.current_version
-        if name is None or name not in self.state["versions"]:
+        versions = self.state["versions"]
+        if name is None or name not in versions:
             raise ValueError(f"version {name!r} is not in project {str(self.folder)!r}; it has "
-                             f"{', '.join(self.state['versions']) or 'no versions yet'}")
+                             f"{', '.join(versions) or 'no versions yet'}")
         model, _ = load_checkpoint(self.version_path(name))
         return model.eval()
 
     def set_current(self, name: str) -> None:
         """Make ``name`` the current version (rollback); later runs start from it."""
-        if name not in self.state["versions"]:
-            raise ValueError(f"version {name!r} is not in the project; choose one of "
-                             f"{', '.join(self.state['versions'])}")
-        self.state["current_version"] = name
-        self._save_state()
+
+        def change(state: dict[str, Any]) -> None:
+            if name not in state["versions"]:
+                raise ValueError(f"version {name!r} is not in the project; choose one of "
+                                 f"{', '.join(state['versions'])}")
+            state["current_version"] = name
+
+        self._update(change)
 
     # ---------------------------------------------------------------- corrections
 

@@ -138,12 +138,16 @@ def iter_segment(
     from .review import empty_stats, slice_stats
 
     arr = check_volume(volume)
+    index = np.arange(arr.shape[0]) if slices is None else np.asarray(list(slices), dtype=int)
+    if len(index) and (index.min() < 0 or index.max() >= arr.shape[0]):
+        bad = index[(index < 0) | (index >= arr.shape[0])]
+        raise IndexError(f"slice indices {bad.tolist()[:5]} are outside the volume's "
+                         f"{arr.shape[0]} slices (0..{arr.shape[0] - 1})")
     net = load_model(model)
     if batch_size is None:
         batch_size = default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    index = np.arange(arr.shape[0]) if slices is None else np.asarray(list(slices), dtype=int)
     if out is None:
         out = VolumeSegmentation(np.zeros(arr.shape, np.uint8), np.zeros((0, 6), np.float32),
                                  np.zeros(arr.shape[0], bool))

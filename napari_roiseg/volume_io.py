@@ -145,16 +145,20 @@ def _read_file(path: Path, *, mmap: bool | None) -> Volume:
 def check_finite(data: np.ndarray, *, label: str) -> None:
     """Refuse floating-point volumes holding NaN or infinite values, saying how many.
 
-    Reads slice by slice, so a memory-mapped volume is never loaded whole. NaN or infinity
+    Reads slice by slice and releases each slice's pages of a memory-mapped volume, so resident
+    memory stays at about one slice. NaN or infinity
     would turn every normalised slice into NaN (or all zeros), and napari cannot pick contrast
     limits for them, so they are refused here rather than giving an empty mask later.
     """
     if data.dtype.kind != "f":
         return
+    from src_model.mmap_pages import release_slices
+
     n_nan = n_inf = 0
-    for plane in data:
+    for i, plane in enumerate(data):
         n_nan += int(np.isnan(plane).sum())
         n_inf += int(np.isinf(plane).sum())
+        release_slices(data, i, i + 1)  # a memory-mapped volume's pages go back as we go
     if n_nan or n_inf:
         raise VolumeReadError(
             f"{label} holds {n_nan} NaN and {n_inf} infinite values (of {data.size}): the "

@@ -13,8 +13,8 @@ Rows (each model runs in a fresh subprocess, so its peak memory is its own):
     ROI coverage a real run has; its untrained RPN proposes boxes everywhere), and torchvision's ``maskrcnn_resnet50_fpn`` /
     ``fasterrcnn_mobilenet_v3_large_fpn`` (``weights=None, weights_backbone=None, num_classes=2``;
     the gray slice repeated to 3 channels; their own default resize to min side 800, batch 1).
-    Subsets are timed where asked (stated in the row) and s/volume is extrapolated to the full
-    volume.
+    Subsets (slices spread evenly over the volume) are timed where asked, stated in the row, and
+    s/volume is extrapolated to the full volume.
     Fast-preset rows are the best of ``--repeats`` timings (the machine may be shared).
 (b) ``roiseg segment`` end to end (TIFF read, model load, inference, labels TIFF + boxes CSV).
 (c) streaming: a large uint8 volume in an uncompressed TIFF on disk, segmented through the same
@@ -153,7 +153,9 @@ def _worker_infer(job: dict) -> dict:
     from src_model.device import resolve_device
 
     device = resolve_device(job["device"])
-    vol = np.load(job["volume"])[: job["slices"]]
+    full = np.load(job["volume"])
+    # A subset is spread evenly over the volume (its first slices are empty: no ROIs there).
+    vol = full[np.linspace(0, len(full) - 1, job["slices"]).round().astype(int)]
     model = _build(job["kind"], device)
     impl_set = None
     if job.get("impl") and hasattr(getattr(model, "head", None), "roi_impl"):

@@ -20,6 +20,12 @@ __all__ = ["release_slices"]
 _SHARED_MODES = ("r", "r+", "w+", "readonly", "readwrite", "write")
 
 
+try:
+    from numpy.lib.array_utils import byte_bounds as _byte_bounds  # numpy >= 2
+except ImportError:  # numpy 1.x
+    from numpy import byte_bounds as _byte_bounds
+
+
 def _shared_mmap(arr: np.ndarray) -> mmap.mmap | None:
     """The ``mmap.mmap`` under ``arr`` (through views and ``np.memmap``) if it is a shared
     mapping; None otherwise (copy-on-write ``mode="c"`` pages hold the only copy of changes)."""
@@ -49,7 +55,7 @@ def release_slices(arr: np.ndarray, start: int, stop: int) -> bool:
     part = arr[start:stop]
     if part.size == 0:
         return False
-    low, high = np.lib.array_utils.byte_bounds(part)
+    low, high = _byte_bounds(part)
     origin = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data
     first = (low - origin) // mmap.PAGESIZE * mmap.PAGESIZE
     length = high - origin - first

@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .roi_conv_sparse import (
-    conv_out_size,
     active_cells,
+    conv_out_size,
     roi_conv2d_gathered,
     scatter_cells,
 )
@@ -69,8 +69,8 @@ IMPLS = ("dense", "sparse", "auto")
 # "auto" takes the gathered (sparse) path when fewer than this fraction of the output cells are
 # active. Measured with scripts/bench_roi_conv.py (see that script's docstring for the numbers):
 # the gathered path costs roughly (fraction x a full im2col + matmul), which stays below the dense
-# convolution up to ~60-90% coverage depending on the shape; 0.5 keeps "auto" at or below the
-# dense cost at every coverage measured.
+# convolution up to ~45-90% coverage depending on the shape (the small fast-preset layers break
+# even near 45-50%); 0.35 leaves a margin so "auto" stays at or below the dense cost.
 AUTO_SPARSE_BELOW = 0.35
 
 

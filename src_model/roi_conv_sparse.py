@@ -186,6 +186,16 @@ class _GatheredConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``; torch < 2.4 only has the per-device forms."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return device_type == "cuda" and torch.is_autocast_enabled()
+
+
 def roi_conv2d_gathered(
     input: Tensor,
     weight: Tensor,
@@ -216,7 +226,7 @@ def roi_conv2d_gathered(
     float32 rows; the layers after it are autocast as usual.
     """
     device_type = input.device.type
-    if torch.is_autocast_enabled(device_type):
+    if _autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
             return _GatheredConv.apply(
                 input.float(), weight.float(), None if bias is None else bias.float(), cells,

@@ -86,6 +86,22 @@ def _describe_version(name: str, info: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def _finetune_and_gate(args: tuple, kwargs: dict[str, Any]) -> Any:
+    """``iter_finetune`` and then, in the same worker thread, the gate a new version must pass
+    when the project has a locked set (``history.route_new_version``: inference on the locked
+    slices, seconds for big slices, so never on the GUI thread). Returns ``(result, decision
+    or None, problem text or None)``."""
+    result = yield from iter_finetune(*args, **kwargs)
+    decision = problem = None
+    if result.version:
+        try:
+            # current_model None: the parent is loaded from the project (its score is cached)
+            decision = route_new_version(kwargs["project"], result.version, result.model)
+        except (OSError, ValueError) as exc:
+            problem = f"The gate could not score {result.version}: {exc}"
+    return result, decision, problem
+
+
 class FinetuneWidget(QWidget):
     """Dock widget: list and mark corrected slices, fine-tune on them in the background with a
     live plot, keep model versions in a project folder, roll back, re-segment.
@@ -522,8 +538,9 @@ class FinetuneWidget(QWidget):
             val_text = self._val_text.value.strip().lower()
             validation = None if val_text in ("", "auto") else parse_slices(val_text)
             locked = locked_slices(self.project)
-            if locked and validation is None:  # the Review widget's locked set is held out
-                return locked_plan(self.corrections.slices(), locked, train=train)
+            if locked:  # the Review widget's locked set is held out, typed slices or not
+                return locked_plan(self.corrections.slices(), locked, train=train,
+                                   validation=validation)
             return plan_slices(self.corrections.slices(), train=train, validation=validation)
         except ValueError as exc:
             self._plan_info.value = str(exc)
@@ -571,6 +588,15 @@ class FinetuneWidget(QWidget):
                 show_error(busy.refusal("fine-tuning"))
             return None
         self._token = token  # released by _on_finished
+        try:
+            return self._start_training(image, labels, plan, net, sync)
+        except Exception as exc:  # GUI boundary: it never started, so let go of the run lock
+            self._on_finished()
+            show_error(f"Could not start fine-tuning: {exc}")
+            return None
+
+    def _start_training(self, image: Image, labels: Labels, plan: SlicePlan, net: Any,
+                        sync: bool) -> Any:
         self.save_corrections()
         config = FinetuneConfig(
             steps=int(self._amount.value), lr=float(self._lr.value), batch_size=int(self._batch.value),
@@ -589,15 +615,15 @@ class FinetuneWidget(QWidget):
                   "project": self.project, "parent": self.project.current_version}
         if sync:
             try:
-                self._on_result(drain(iter_finetune(*args, **kwargs), self._on_record))
+                self._on_result(drain(_finetune_and_gate(args, kwargs), self._on_record))
             except Exception as exc:  # GUI boundary
                 self._on_error(exc)
             self._on_finished()
             return None
         from napari.qt.threading import create_worker
 
-        worker = create_worker(iter_finetune, *args, _start_thread=False, _ignore_errors=True,
-                               **kwargs)
+        worker = create_worker(_finetune_and_gate, args, kwargs, _start_thread=False,
+                               _ignore_errors=True)
         worker.yielded.connect(self._on_record)
         worker.returned.connect(self._on_result)
         worker.errored.connect(self._on_error)
@@ -626,20 +652,16 @@ class FinetuneWidget(QWidget):
         self._status.value = text
         self.canvas.schedule()
 
-    def _on_result(self, result: FinetuneResult) -> None:
+    def _on_result(self, outcome: tuple[FinetuneResult, Any, str | None]) -> None:
+        result, decision, problem = outcome
         self.last_result = result
         text = f"{result.state} after {result.steps_done} steps ({result.seconds:.0f} s)"
         if result.before and result.after:
             b, a = result.before["per_slice_mean"], result.after["per_slice_mean"]
             text += (f"; validation dice {b['dice']:.3f} → {a['dice']:.3f}, precision "
                      f"{b['precision']:.3f} → {a['precision']:.3f}")
-        decision = None
-        if result.version:
-            try:  # with a locked set (Review widget) a new version must pass the gate
-                decision = route_new_version(self.project, result.version, result.model,
-                                             current_model=self.model)
-            except (OSError, ValueError) as exc:
-                show_error(f"The gate could not score {result.version}: {exc}")
+        if problem:
+            show_error(problem)
         if decision is not None and not decision.accepted:
             text += (f"; saved as {result.version} but held back: {decision.describe()} "
                      "(the Review widget can override)")
@@ -687,6 +709,14 @@ class FinetuneWidget(QWidget):
                 show_error(busy.refusal("segmenting"))
             return None
         self._token = token  # released by _on_finished
+        try:
+            return self._start_segmenting(image, net, sync)
+        except Exception as exc:  # GUI boundary: it never started, so let go of the run lock
+            self._on_finished()
+            show_error(f"Could not start segmenting: {exc}")
+            return None
+
+    def _start_segmenting(self, image: Image, net: Any, sync: bool) -> Any:
         from ..segment import iter_segment
 
         volume = _volume(image.data)
@@ -719,11 +749,16 @@ class FinetuneWidget(QWidget):
         return worker
 
     def _on_segmented(self, result: Any, version: str) -> None:
+        from ..layers import STATS_KEY
+
         image, truth_layer = self.image_layer, self.labels_layer
         labels = result.labels
+        metadata = {PREDICTION_KEY: labels, "roiseg_version": version}
+        if getattr(result, "stats", None) is not None:  # per-slice rows for the Review widget
+            metadata[STATS_KEY] = result.stats
         layer = self.viewer.add_labels(
             labels.copy() if image.ndim == 3 else labels[0].copy(), name=f"{image.name} {version}",
-            metadata={PREDICTION_KEY: labels, "roiseg_version": version}, **transform_kwargs(image))
+            metadata=metadata, **transform_kwargs(image))
         self.latest = (labels, version)
         info = self.project.versions.get(version, {}) if self.project else {}
         validation = info.get("validation_slices") or []

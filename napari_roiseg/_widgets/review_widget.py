@@ -5,19 +5,28 @@ set and gate in :mod:`napari_roiseg.history`, the report in :mod:`napari_roiseg.
 tested without a GUI). What lives here is GUI state: the layers chosen, the queue and the
 position in it, the plot, the project's history.
 
-Where the numbers come from: the mask layer's ``metadata["roiseg_stats"]`` (layers made by
-``api.segment_volume(viewer=...)`` and the Fine-tune widget's re-segmentation carry the model's
-per-slice rows, entropy included); otherwise the mask and a boxes Shapes layer (no entropy).
-The model's original prediction (kept in the history with each correction) is the mask layer's
-``metadata["roiseg_prediction"]``, else the project's saved prediction, else the mask layer as
-it was when the slices were first scored.
+Where the numbers come from: the mask layer's ``metadata["roiseg_stats"]`` (layers made by the
+Segment widget, by ``api.segment_volume(viewer=...)`` and by the Fine-tune widget's
+re-segmentation carry the model's per-slice rows, entropy included); otherwise the mask and a
+boxes Shapes layer (no entropy). The model's original prediction (kept in the history with each
+correction) is the mask layer's ``metadata["roiseg_prediction"]`` (the same three kinds of
+layer carry it), else the project's saved prediction, else, as a last resort, that very layer as
+it was when its slices were first scored.
+
+Gating, comparing and locking run the model or freeze its test set, so they take the
+process-wide run lock (:mod:`napari_roiseg.busy`) and are refused while a segmentation or a
+fine-tune runs.
 
 Keys (anywhere in the napari window): **J** next slice in the queue, **K** previous one; slices
-already marked are skipped.
+already marked are skipped. While the widget is open it takes J and K in the viewer's keymap;
+closing it gives back whatever they were bound to before.
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,7 +43,7 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QEvent, Qt, Signal
 from qtpy.QtGui import QKeySequence, QShortcut
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -45,16 +54,28 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .. import busy
 from ..corrections import detect_corrected
 from ..history import DEFAULT_TOLERANCE, CorrectionHistory, GateDecision
-from ..layers import STATS_KEY, add_boxes_layer, set_boxes, transform_kwargs
+from ..layers import (
+    PREDICTION_KEY,
+    STATS_KEY,
+    add_boxes_layer,
+    set_boxes,
+    transform_kwargs,
+)
 from ..project import Project, default_project_folder
-from ..review import ReviewScores, draw_scores, score_slices, shapes_to_rows, stats_from_layers
+from ..review import (
+    ReviewScores,
+    draw_scores,
+    score_slices,
+    shapes_to_rows,
+    stats_from_layers,
+)
 
 if TYPE_CHECKING:
     import napari
 
-PREDICTION_KEY = "roiseg_prediction"
 NEXT_KEY, PREVIOUS_KEY = "J", "K"
 COLUMNS = ("rank", "slice", "score", "reason", "mark")
 STANDS_OUT = 3.0  # a score this high is about 3 robust standard deviations off in one component
@@ -63,6 +84,69 @@ STANDS_OUT = 3.0  # a score this high is about 3 robust standard deviations off 
 def _volume(data: Any) -> np.ndarray:
     arr = np.asarray(data)
     return arr[None] if arr.ndim == 2 else arr
+
+
+class _ViewerHooks:
+    """What a widget hooks into the viewer (keys in its keymap, layer and dims events), kept
+    apart from the widget so that it can be undone after the widget is gone: nothing here holds
+    the widget but through a weak reference, and :meth:`undo` needs only the viewer."""
+
+    def __init__(self, viewer: Any, widget: QWidget) -> None:
+        self.viewer = viewer
+        self.widget = weakref.ref(widget)
+        self.closed = False
+        self.connections: list[tuple[Any, Callable[..., Any]]] = []
+        self.keys: dict[str, tuple[Callable[..., Any], Any]] = {}  # key -> (ours, the previous)
+
+    def forward(self, name: str) -> Callable[..., Any]:
+        """A callable that calls ``widget.<name>(*args)`` while the widget is open."""
+
+        def call(*args: Any) -> Any:
+            widget = self.widget()
+            if not self.closed and widget is not None:
+                return getattr(widget, name)(*args)
+            return None
+
+        return call
+
+    def connect(self, emitter: Any, name: str) -> None:
+        callback = self.forward(name)
+        emitter.connect(callback)
+        self.connections.append((emitter, callback))
+
+    def bind_key(self, key: str, method: str, *args: Any) -> Any:
+        """Bind ``key`` in the viewer's keymap to ``widget.<method>(*args)``; returns what was
+        bound to it before (given back by :meth:`undo`)."""
+        forward = self.forward(method)
+
+        def on_key(_viewer: Any) -> None:
+            forward(*args)
+
+        previous = self.viewer.bind_key(key, on_key, overwrite=True)
+        on_key.roiseg_hooks, on_key.roiseg_previous = self, previous  # type: ignore[attr-defined]
+        self.keys[key] = (on_key, previous)
+        return previous
+
+    def undo(self, *_args: Any) -> None:
+        """Disconnect the events and give the keys back (once; safe after the widget is gone)."""
+        if self.closed:
+            return
+        self.closed = True
+        for emitter, callback in self.connections:
+            with contextlib.suppress(Exception):
+                emitter.disconnect(callback)
+        self.connections.clear()
+        from napari.utils.key_bindings import coerce_keybinding
+
+        keymap = getattr(self.viewer, "keymap", {})
+        for key, (ours, previous) in self.keys.items():
+            # skip bindings of other Review widgets closed meanwhile: give back what they took
+            while getattr(getattr(previous, "roiseg_hooks", None), "closed", False):
+                previous = previous.roiseg_previous
+            with contextlib.suppress(Exception):  # e.g. a viewer being torn down
+                if keymap.get(coerce_keybinding(key)) is ours:  # not rebound by someone since
+                    self.viewer.bind_key(key, previous, overwrite=True)  # None: unbind
+        self.keys.clear()
 
 
 class ScoreCanvas(FigureCanvasQTAgg):
@@ -115,12 +199,16 @@ class ReviewWidget(QWidget):
         self.project: Project | None = None
         self.history: CorrectionHistory | None = None
         self.scores: ReviewScores | None = None
-        self.snapshot: np.ndarray | None = None  # the mask as first scored (prediction fallback)
+        # the mask layers as first scored, by layer (the prediction's last-resort fallback)
+        self.snapshots: dict[Any, np.ndarray] = {}
         self.decision: GateDecision | None = None
         self.compare_layers: dict[str, Any] = {}
         self._pos = -1
+        self._hooks: _ViewerHooks | None = None
+        self.shortcuts: dict[str, QShortcut] = {}
         self._build()
         self._connect()
+        self._hook_viewer()
         if project is not None:
             self.open_project(project)
 
@@ -162,9 +250,11 @@ class ReviewWidget(QWidget):
                           widgets=[*self._mark_buttons.values(), self._record_all])
         marks.margins = (0, 0, 0, 0)
         self._lock_button = PushButton(text="Lock held-out set",
-                                       tooltip=("freeze the held-out corrected slices: every "
-                                                "version is scored on them, fine-tuning never "
-                                                "trains on them"))
+                                       tooltip=("freeze the held-out corrected slices (their "
+                                                "saved corrections) as the gate's test set: "
+                                                "every version is scored on them; fine-tuning "
+                                                "neither trains on them nor picks its weights "
+                                                "on them"))
         self._candidate = ComboBox(label="candidate", choices=self._version_choices)
         self._tolerance = FloatSpinBox(label="tolerance", min=0.0, max=1.0, step=0.005,
                                        value=DEFAULT_TOLERANCE)
@@ -186,16 +276,55 @@ class ReviewWidget(QWidget):
         for part in (top.native, self.table, self.canvas, marks.native, bottom.native):
             layout.addWidget(part)
         self._containers = (top, marks, bottom)  # keep the magicgui wrappers alive
-        window = getattr(getattr(self.viewer, "window", None), "_qt_window", None)
-        self.shortcuts = {}
+
+    def _hook_viewer(self) -> None:
+        """J / K and the layer and dims events; undone when the widget is closed, taken out of
+        its dock or deleted (:meth:`_unhook_viewer`)."""
+        hooks = self._hooks = _ViewerHooks(self.viewer, self)
+        forward = hooks.forward("step")
         for key, step in ((NEXT_KEY, 1), (PREVIOUS_KEY, -1)):
-            sc = QShortcut(QKeySequence(key), window if window is not None else self)
+            # Parented to this widget: it goes with it, and works while the widget is shown in
+            # the active window (docked: anywhere in the napari window).
+            sc = QShortcut(QKeySequence(key), self)
             sc.setContext(Qt.ShortcutContext.WindowShortcut)
-            sc.activated.connect(lambda step=step: self.step(step))
+            sc.activated.connect(lambda step=step: forward(step))
             self.shortcuts[key] = sc
-            # the same keys through napari's keymap, for when the window is not the active one
-            # (a Qt shortcut needs that; a matched shortcut consumes the key, so never both)
-            self.viewer.bind_key(key, lambda _viewer, step=step: self.step(step), overwrite=True)
+            # the same keys through napari's keymap, for when the widget is hidden (a tab behind
+            # another dock) or the window is not the active one (a Qt shortcut needs both; a
+            # matched shortcut consumes the key, so never both)
+            previous = hooks.bind_key(key, "step", step)
+            if previous is not None and not hasattr(previous, "roiseg_hooks"):
+                show_info(f"The Review widget uses {key} while it is open; "
+                          f"{getattr(previous, '__name__', previous)} gets {key} back when it "
+                          "is closed.")
+        events = self.viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            hooks.connect(ev, "_refresh_layers")
+        hooks.connect(self.viewer.dims.events.current_step, "_on_step")
+        # after a deletion the widget is gone: the lambda holds only the hooks
+        self.destroyed.connect(lambda *_args, hooks=hooks: hooks.undo())
+
+    def _unhook_viewer(self) -> None:
+        """Give J / K back to what they were bound to and disconnect the viewer's events."""
+        if self._hooks is not None:
+            self._hooks.undo()
+            self._hooks = None
+        for sc in self.shortcuts.values():
+            sc.setEnabled(False)
+            sc.deleteLater()
+        self.shortcuts = {}
+
+    def closeEvent(self, event: Any) -> None:
+        self._unhook_viewer()
+        super().closeEvent(event)
+
+    def event(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is None:  # taken out of its dock (napari's close button does that)
+                self._unhook_viewer()
+            elif getattr(self, "_hooks", False) is None:  # docked again
+                self._hook_viewer()
+        return super().event(event)
 
     def _connect(self) -> None:
         self._open_button.changed.connect(lambda: self.open_project(self._project_dir.value))
@@ -209,10 +338,6 @@ class ReviewWidget(QWidget):
         self._override_button.changed.connect(lambda: self.gate(override=self._reason.value))
         self._compare_button.changed.connect(lambda: self.compare())
         self._report_button.changed.connect(lambda: self.export_report())
-        events = self.viewer.layers.events
-        for ev in (events.inserted, events.removed, events.reordered):
-            ev.connect(self._refresh_layers)
-        self.viewer.dims.events.current_step.connect(self._on_step)
 
     def _choices(self, kind: type) -> Any:
         return lambda _w=None: [(layer.name, layer) for layer in self.viewer.layers
@@ -228,6 +353,9 @@ class ReviewWidget(QWidget):
     def _refresh_layers(self, _event: Any = None) -> None:
         for combo in (self._image, self._labels, self._boxes):
             combo.reset_choices()
+        alive = {layer.unique_id for layer in self.viewer.layers}
+        for key in [k for k in self.snapshots if k not in alive]:  # removed layers
+            del self.snapshots[key]
 
     @property
     def image_layer(self) -> Image | None:
@@ -336,8 +464,9 @@ class ReviewWidget(QWidget):
             boxes = shapes_to_rows(self._boxes.value) if self._boxes.value is not None else None
             stats = stats_from_layers(data, boxes)
             source = "mask and boxes (no probabilities: entropy not used)"
-        if self.snapshot is None or self.snapshot.shape != data.shape:
-            self.snapshot = (data != 0).astype(np.uint8)
+        snapshot = self.snapshots.get(layer.unique_id)
+        if snapshot is None or snapshot.shape != data.shape:
+            self.snapshots[layer.unique_id] = (data != 0).astype(np.uint8)
         self.scores = score_slices(stats)
         self._pos = -1
         self._show_queue()
@@ -364,7 +493,9 @@ class ReviewWidget(QWidget):
     # ------------------------------------------------------------------ marks and history
 
     def prediction(self) -> np.ndarray | None:
-        """The model's original mask (S, H, W) the corrections are compared with."""
+        """The model's original mask (S, H, W) the corrections are compared with: the mask
+        layer's ``metadata[PREDICTION_KEY]``, else the project's saved prediction, else this
+        layer as it was when its slices were first scored (may already hold fixes)."""
         layer = self.labels_layer
         if layer is None:
             return None
@@ -376,7 +507,8 @@ class ReviewWidget(QWidget):
             _, _, prediction, _ = self.project.load_corrections()
             if prediction is not None and prediction.shape == shape:
                 return prediction
-        return self.snapshot
+        snapshot = self.snapshots.get(layer.unique_id)
+        return snapshot if snapshot is not None and snapshot.shape == shape else None
 
     def _boxes_of(self, k: int) -> np.ndarray:
         if self._boxes.value is not None:
@@ -427,20 +559,74 @@ class ReviewWidget(QWidget):
 
     # ------------------------------------------------------------------ locked set and gate
 
+    @contextlib.contextmanager
+    def _run_lock(self, what: str) -> Iterator[bool]:
+        """Hold the process-wide run lock for the block (yields False, after telling the user
+        why, while a segmentation or fine-tune runs)."""
+        token = busy.try_acquire(what)
+        if token is None:
+            show_error(busy.refusal(what))
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            token.release()
+
+    def reference_masks(self, slices: Any) -> dict[int, np.ndarray]:
+        """The annotator's mask of each of ``slices``: the saved correction (the Fine-tune
+        widget's ``corrections/labels.tif``) when there is one, else the mask layer's slice
+        when it was corrected in that layer (differs from its prediction), else the fix kept
+        in the correction history, else the mask layer's slice."""
+        data = _volume(self.labels_layer.data)
+        _, planes, _, saved = self.project.load_corrections()
+        if tuple(saved.get("shape") or ()) != data.shape:
+            planes = {}  # corrections of another volume
+        prediction = self.prediction()
+        edited = (set(detect_corrected(data, prediction))
+                  if prediction is not None and prediction.shape == data.shape else set())
+        records = self.history.latest_by_slice()
+        out: dict[int, np.ndarray] = {}
+        for k in sorted({int(v) for v in slices}):
+            if k in planes and planes[k].shape == data.shape[1:]:
+                out[k] = planes[k]
+            elif k in edited or k not in records:
+                out[k] = np.asarray(data[k])
+            else:
+                out[k] = self.history.load_record(records[k]["id"])["correction"]
+        return out
+
     def lock(self) -> list[int]:
-        """Freeze the held-out part of the corrected slices as the locked set."""
+        """Freeze the held-out part of the corrected slices as the locked set, with their
+        saved corrections as the reference masks (see :meth:`reference_masks`)."""
         history, layer, image = self._ensure_history(), self.labels_layer, self.image_layer
         if history is None or layer is None or image is None:
             return []
-        corrections, _, _, _ = self.project.load_corrections()
-        corrected = set(corrections.slices()) | set(history.latest_by_slice())
-        try:
-            locked = history.lock(_volume(image.data), _volume(layer.data), corrected=corrected)
-        except ValueError as exc:
-            show_error(str(exc))
+        volume, data = _volume(image.data), _volume(layer.data)
+        if volume.shape != data.shape:
+            show_error(f"'{layer.name}' {data.shape} is not a mask of '{image.name}' "
+                       f"{volume.shape}: choose the image's mask layer")
             return []
+        with self._run_lock("locking the held-out set") as ok:
+            if not ok:
+                return []
+            corrections, _, _, saved = self.project.load_corrections()
+            if tuple(saved.get("shape") or ()) != data.shape:
+                corrections = None
+            corrected = (set(corrections.slices()) if corrections is not None else set()) | set(
+                history.latest_by_slice())
+            try:
+                from ..corrections import plan_slices
+
+                held_out = plan_slices(corrected).validation
+                locked = history.lock(volume, self.reference_masks(held_out), held_out or None,
+                                      corrected=corrected)
+            except ValueError as exc:
+                show_error(str(exc))
+                return []
         self._gate_info.value = (f"locked slices {', '.join(map(str, locked))}: every version is "
-                                 "scored on them; fine-tuning never trains on them")
+                                 "scored on them; fine-tuning neither trains on them nor picks "
+                                 "its weights on them")
         return locked
 
     def gate(self, override: str | None = None) -> GateDecision | None:
@@ -451,15 +637,18 @@ class ReviewWidget(QWidget):
             show_error("No candidate version: fine-tune first (Fine-tune widget).")
             return None
         before = self.project.current_version
-        try:
-            from ..api import prepare_torch_import
+        with self._run_lock(f"gating {name}") as ok:
+            if not ok:
+                return None
+            try:
+                from ..api import prepare_torch_import
 
-            prepare_torch_import()
-            decision = history.gate(name, tolerance=float(self._tolerance.value),
-                                    override=override or None)
-        except ValueError as exc:
-            show_error(str(exc))
-            return None
+                prepare_torch_import()
+                decision = history.gate(name, tolerance=float(self._tolerance.value),
+                                        override=override or None)
+            except ValueError as exc:
+                show_error(str(exc))
+                return None
         self.decision = decision
         self._gate_info.value = decision.describe() + (
             f" (why: {decision.override['why']})" if decision.override else "")
@@ -474,6 +663,10 @@ class ReviewWidget(QWidget):
         name = self._candidate.value
         if image is None or history is None or not name:
             return {}
+        with self._run_lock(f"comparing {name}") as ok:
+            return self._compare(image, name) if ok else {}
+
+    def _compare(self, image: Image, name: str) -> dict[str, Any]:
         from ..api import prepare_torch_import
 
         prepare_torch_import()

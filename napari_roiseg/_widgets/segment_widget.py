@@ -389,6 +389,23 @@ class SegmentWidget(Container):
             token.release()
             return None
         self._token = token  # released by _on_finished
+        try:
+            return self._start_volume(prepared, sync)
+        except Exception as exc:  # GUI boundary: the run never started, so let go of it all
+            self._abandon_run()
+            show_error(f"Could not start segmenting {name}: {exc}")
+            return None
+
+    def _abandon_run(self) -> None:
+        run, self._run, self.worker = self._run, None, None
+        if run is not None and run.pbar is not None:
+            run.pbar.close()
+        if self._token is not None:
+            self._token.release()
+            self._token = None
+        self._set_running(False)
+
+    def _start_volume(self, prepared: tuple[Any, Session, Any, str], sync: bool) -> Any:
         volume, session, net, device = prepared
         total = volume.shape[0]
         run = self._run = VolumeRun(session, total)

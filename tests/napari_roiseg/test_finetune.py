@@ -304,3 +304,59 @@ def test_history_and_figure_without_qt():
     draw_history(fig, h, title="t")
     draw_history(fig, TrainingHistory())  # empty: nothing to draw yet, no error
     assert len(fig.axes) == 2
+
+
+def test_finetune_api_honours_the_locked_set_and_the_gate(tmp_path, phantom, net, monkeypatch):
+    """api.finetune(project=...) with a locked set: the locked slices and their neighbours are
+    used neither to train nor to pick the weights, and the new version goes through the gate."""
+    import napari_roiseg.finetune as ft
+    from napari_roiseg.history import CorrectionHistory
+
+    project = Project(tmp_path / "p")
+    project.add_version(net, {"parent": None})
+    filled = np.flatnonzero(phantom.labels.any(axis=(1, 2))).tolist()
+    locked = [filled[len(filled) // 2]]
+    CorrectionHistory(project).lock(phantom.volume, phantom.labels, locked)
+    seen = {}
+    real = ft.iter_finetune
+
+    def spy(image, labels, train, validation=(), *args, **kwargs):
+        seen.update(train=list(train), validation=list(validation))
+        return real(image, labels, train, validation, *args, **kwargs)
+
+    monkeypatch.setattr(ft, "iter_finetune", spy)
+    new = ft.finetune(phantom.volume, phantom.labels, steps=1, batch_size=2, device="cpu",
+                      project=tmp_path / "p")
+    summary = new.finetune_summary
+    near = {k + d for k in locked for d in (-1, 0, 1)}
+    assert seen["train"] and not near & (set(seen["train"]) | set(seen["validation"]))
+    assert summary["locked_slices"] == locked and summary["version"] == "v001"
+    gate = summary["gate"]  # the gate decided, and the project follows its decision
+    assert gate is not None and gate["candidate"] == "v001" and gate["current"] == "v000"
+    assert CorrectionHistory(project).decisions[-1]["candidate"] == "v001"
+    expected = "v001" if gate["accepted"] else "v000"
+    assert Project(tmp_path / "p").current_version == expected == summary["current_version"]
+
+
+def test_finetune_api_rejected_version_stays_out_of_use(tmp_path, phantom, net, monkeypatch):
+    import napari_roiseg.history as history_module
+    from napari_roiseg.finetune import finetune
+    from napari_roiseg.history import CorrectionHistory
+
+    project = Project(tmp_path / "p")
+    project.add_version(net, {"parent": None})
+    filled = np.flatnonzero(phantom.labels.any(axis=(1, 2))).tolist()
+    CorrectionHistory(project).lock(phantom.volume, phantom.labels, filled[:1])
+    dice = iter([0.1, 0.9])  # the gate scores the candidate, then its parent: far lower
+
+    def scored(model, images, truth, device="auto"):
+        d = next(dice)
+        return {"dice": d, "precision": 0.5, "recall": 0.5, "n": 1, "per_slice_dice": [d]}
+
+    monkeypatch.setattr(history_module, "evaluate_model", scored)
+    new = finetune(phantom.volume, phantom.labels, model=net, steps=1, batch_size=2,
+                   device="cpu", project=project)
+    assert new.finetune_summary["version"] == "v001"
+    assert not new.finetune_summary["gate"]["accepted"]
+    assert Project(tmp_path / "p").current_version == "v000"  # held back by the gate
+    assert "v001" in Project(tmp_path / "p").versions  # but kept

@@ -68,9 +68,11 @@ def test_lock_freezes_the_held_out_slices(tmp_path, phantom):
     assert images.dtype == np.float32 and images.max() <= 1 and len(images) == len(locked)
     assert np.array_equal(truth, (phantom.labels[locked] != 0).astype(np.uint8))
     assert locked_slices(history.project) == locked
-    plan = locked_plan(corrected, locked)  # what the Fine-tune widget trains on afterwards
-    assert plan.validation == tuple(locked)
-    assert not set(plan.train) & {k + d for k in locked for d in (-1, 0, 1)}
+    plan = locked_plan(corrected, locked)  # what fine-tuning plans with afterwards
+    near = {k + d for k in locked for d in (-1, 0, 1)}
+    # the locked slices (and neighbours) are neither trained on nor used to pick the weights
+    assert not (set(plan.train) | set(plan.validation)) & near
+    assert set(locked) <= set(plan.unused)
     with pytest.raises(ValueError, match="correct at least 3 slices"):
         CorrectionHistory(tmp_path / "q").lock(phantom.volume, phantom.labels, corrected=[2])
 
@@ -135,3 +137,132 @@ def test_new_versions_route_through_the_gate(versions, tmp_path):
 def test_mask_scores_counts_empty_slices_as_agreement():
     assert mask_scores(np.zeros((3, 3)), np.zeros((3, 3)))["dice"] == 1.0
     assert mask_scores(np.ones((3, 3)), np.zeros((3, 3)))["dice"] == 0.0
+
+
+# --------------------------------------------------------------------------- the locked set is
+# a true held-out test
+
+
+def test_locked_plan_keeps_locked_slices_out_of_training_and_validation():
+    plan = locked_plan([1, 2, 3, 5, 6, 7, 9, 10], [6])
+    assert not {5, 6, 7} & (set(plan.train) | set(plan.validation))
+    assert plan.train and plan.validation  # validates on other (unlocked) slices
+    assert not {v + d for v in plan.validation for d in (-1, 0, 1)} & set(plan.train)
+    explicit = locked_plan([1, 2, 3, 5, 6, 7, 9, 10], [6], validation=[6, 9])
+    assert explicit.validation == (9,) and any("locked" in w for w in explicit.warnings)
+    # nothing left to validate on: the last weights are kept, and a warning says so
+    few = locked_plan([1, 2, 5, 6, 7], [6])
+    assert few.validation == () and 6 not in few.train
+    assert any("outside the locked set" in w and "last weights" in w for w in few.warnings)
+    assert locked_plan([1, 2, 3, 9], []) == plan_slices([1, 2, 3, 9])  # no locked set
+
+
+# --------------------------------------------------------------------------- several objects,
+# one folder (the Fine-tune widget, the Review widget, route_new_version and the API each hold
+# their own Project / CorrectionHistory of the same folder)
+
+
+def test_two_projects_on_one_folder_lose_no_version(tmp_path, untrained_model):
+    a = Project(tmp_path / "proj")
+    b = Project(tmp_path / "proj")  # opened before a's versions exist
+    assert a.add_version(untrained_model(), {"parent": None}) == "v000"
+    assert b.add_version(untrained_model(), {"parent": "v000"}) == "v001"  # not v000 again
+    assert a.add_version(untrained_model(), {"parent": "v001"}) == "v002"
+    b.set_current("v000")  # e.g. the Review widget's gate on its own Project object
+    a.bind_image("hip", (12, 128, 96))
+    for p in (a, b, Project(tmp_path / "proj")):
+        assert list(p.versions) == ["v000", "v001", "v002"]
+        assert p.current_version == "v000" and p.state["image"]["name"] == "hip"
+    assert sorted(f.name for f in (tmp_path / "proj" / "versions").iterdir()) == [
+        "v000.pt", "v001.pt", "v002.pt"]  # no orphaned checkpoint
+    assert b.load_version("v002") is not None  # b sees a's version
+
+
+def test_a_version_file_without_an_entry_is_never_overwritten(tmp_path, untrained_model):
+    project = Project(tmp_path / "proj")
+    project.add_version(untrained_model(), {"parent": None})
+    orphan = project.versions_dir / "v001.pt"  # e.g. left by an interrupted run
+    orphan.write_bytes(b"keep me")
+    assert project.add_version(untrained_model(), {"parent": "v000"}) == "v002"
+    assert orphan.read_bytes() == b"keep me"
+
+
+def test_two_histories_on_one_folder_lose_nothing(tmp_path):
+    a = CorrectionHistory(tmp_path / "proj")
+    b = CorrectionHistory(tmp_path / "proj")
+    ra = a.record(1, _square(5, 5), _square(5, 6))
+    rb = b.record(2, _square(5, 5), _square(5, 7))  # b never read a's record
+    b.mark(3, "reviewed")
+    a.mark(4, "reviewed")
+    rc = a.record(5, _square(5, 5), _square(5, 5))
+    assert [ra["id"], rb["id"], rc["id"]] == ["c0001", "c0002", "c0003"]
+    for h in (a, b, CorrectionHistory(tmp_path / "proj")):
+        assert [r["id"] for r in h.records] == ["c0001", "c0002", "c0003"]
+        assert h.marks == {1: "corrected", 2: "corrected", 3: "reviewed", 4: "reviewed",
+                           5: "corrected"}
+    assert np.array_equal(a.load_record("c0002")["correction"], _square(5, 7))  # not overwritten
+    assert np.array_equal(b.load_record("c0001")["correction"], _square(5, 6))
+
+
+def test_record_ids_are_unique_across_threads(tmp_path):
+    import threading
+
+    histories = [CorrectionHistory(tmp_path / "proj") for _ in range(4)]
+    errors = []
+
+    def work(h, i):
+        try:
+            for j in range(5):
+                h.record(10 * i + j, _square(5, 5), _square(5, 5, w=j + 1))
+        except (OSError, ValueError) as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(h, i)) for i, h in enumerate(histories)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    records = CorrectionHistory(tmp_path / "proj").records
+    assert len(records) == 20 and len({r["id"] for r in records}) == 20
+    assert len(list((tmp_path / "proj" / "history" / "records").glob("c*.npz"))) == 20
+    for r in records:  # each file holds its own record's correction
+        assert histories[0].load_record(r["id"])["correction"].sum() == r["correction_area"]
+
+
+def test_gate_on_stale_objects_keeps_other_writers_changes(versions, untrained_model):
+    project, history = versions
+    other_project = Project(project.folder)  # the Fine-tune widget's object
+    other_history = CorrectionHistory(project.folder)  # the Review widget's object
+    assert project.versions and other_history.locked  # both read before the changes below
+    name = other_project.add_version(untrained_model(), {"parent": "v000"}, make_current=False)
+    other_history.record(3, _square(5, 5), _square(5, 6))
+    other_history.mark(4, "reviewed")
+    decision = history.gate("v001")  # rejected: v000 stays current
+    assert not decision.accepted
+    history.mark(7, "reviewed")
+    decision = route_new_version(project, "v002")
+    assert decision.accepted and project.current_version == "v002"
+    fresh = CorrectionHistory(project.folder)
+    assert name in Project(project.folder).versions  # the gate's set_current kept it
+    assert [r["slice"] for r in fresh.records] == [3]
+    assert fresh.marks == {3: "corrected", 4: "reviewed", 7: "reviewed"}
+    assert [d["candidate"] for d in fresh.decisions] == ["v001", "v002"]
+    assert {"v000", "v001", "v002"} <= set(fresh.state["version_metrics"])
+    assert [d["candidate"] for d in other_history.decisions] == ["v001", "v002"]
+
+
+def test_gate_leaves_a_third_version_made_current_meanwhile(versions, monkeypatch):
+    project, history = versions
+    other = Project(project.folder)
+    real = history.version_metrics
+
+    def slow_metrics(name, *args, **kwargs):  # another writer acts while models are scored
+        if name == "v002":
+            other.set_current("v001")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(history, "version_metrics", slow_metrics)
+    decision = history.gate("v002", "v000")
+    assert decision.accepted and project.current_version == "v001"  # not silently replaced
+    assert history.decisions[-1]["candidate"] == "v002"

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from napari_roiseg.layers import (
+    PREDICTION_KEY,
+    STATS_KEY,
     ResultLayers,
     add_result_layers,
     box_features,
@@ -117,3 +119,47 @@ def test_add_result_layers_2d(make_napari_viewer):
     assert lab.data.shape == (32, 24) and lab.data is not labels
     assert shp.ndim == 2 and shp.nshapes == 1
     np.testing.assert_array_equal(shp.data[0], [[1, 2], [1, 4], [3, 4], [3, 2]])
+
+
+def test_result_layers_keep_the_model_prediction(make_napari_viewer):
+    """The mask layer carries the model's output (what corrections are compared with), kept up
+    to date as slices are written, untouched by painting; the very array written, not a copy."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((4, 16, 12), np.uint8), name="vol")
+    out = ResultLayers(viewer, image)
+    labels = np.zeros((4, 16, 12), np.uint8)
+    out.prepare(labels)
+    labels[1, 2:6, 2:6] = 1
+    out.write_slices(labels, [1])
+    layer = out.labels_layer
+    out.set_stats(np.zeros(4))
+    prediction = layer.metadata[PREDICTION_KEY]
+    assert prediction is out._written  # no extra copy of the volume
+    np.testing.assert_array_equal(prediction, labels)
+    layer.data[1, 2:4, 2:6] = 0  # the annotator fixes slice 1 ...
+    labels[3, 0:3, 0:3] = 1
+    out.write_slices(labels, [3])  # ... while the run writes slice 3 into the same layer
+    assert out.labels_layer is layer and STATS_KEY in layer.metadata
+    np.testing.assert_array_equal(layer.metadata[PREDICTION_KEY], labels)  # the model's, unfixed
+    assert layer.data[1].sum() == 8
+    # an edited slice rewritten: the new layer has its own prediction, the old one keeps its own
+    labels[1, 8:10, 8:10] = 1
+    out.write_slices(labels, [1])
+    assert out.labels_layer is not layer
+    np.testing.assert_array_equal(out.labels_layer.metadata[PREDICTION_KEY], labels)
+    assert layer.metadata[PREDICTION_KEY][1].sum() == 16
+
+
+def test_add_result_layers_store_the_prediction(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((3, 16, 12), np.uint8), name="vol")
+    labels = np.zeros((3, 16, 12), np.uint8)
+    labels[1, 2:6, 2:6] = 1
+    lab, _ = add_result_layers(viewer, image, labels, BOXES[:0], stats=np.zeros(3))
+    lab.data[1] = 0  # painting changes neither the prediction nor the caller's array
+    prediction = lab.metadata[PREDICTION_KEY]
+    assert prediction.shape == (3, 16, 12) and prediction[1].sum() == 16 and labels[1].sum() == 16
+    assert not prediction.flags.writeable
+    frame = viewer.add_image(np.zeros((16, 12), np.float32), name="frame")
+    lab2, _ = add_result_layers(viewer, frame, labels[1], BOXES[:0])
+    assert lab2.metadata[PREDICTION_KEY].shape == (1, 16, 12)  # (S, H, W), as the widgets read it

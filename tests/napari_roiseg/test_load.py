@@ -127,3 +127,43 @@ def test_widget_finetune_is_refused_while_the_segment_widget_runs(
         assert len(errors) == 2 and all("fine-tuning is still running" in e for e in errors)
     finally:
         token.release()
+
+
+def test_a_run_that_fails_to_start_lets_go_of_the_lock(make_napari_viewer, untrained_model,
+                                                       monkeypatch, tmp_path):
+    """An error between taking the run lock and starting the worker is reported once and frees
+    the lock, so the next run is not refused until napari restarts."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_roiseg._widgets import FinetuneWidget, SegmentWidget
+
+    viewer = make_napari_viewer()
+    vol = np.random.default_rng(0).integers(0, 200, (4, 64, 64), dtype=np.uint8)
+    image = viewer.add_image(vol, name="hip")
+    labels = viewer.add_labels(np.zeros_like(vol), name="hip corrections")
+    seg = SegmentWidget(viewer, model=untrained_model())
+    tune = FinetuneWidget(viewer, model=untrained_model(), project=tmp_path / "p")
+    tune.select(image=image, labels=labels)
+    labels.data[2, 10:20, 10:20] = 1
+    tune.mark_current("corrected")
+
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("no more file handles")
+
+    set_running = FinetuneWidget._set_running
+
+    def boom_when_starting(self, running):
+        if running:
+            boom()
+        set_running(self, running)
+
+    monkeypatch.setattr(SegmentWidget, "show_boxes", boom)
+    monkeypatch.setattr(FinetuneWidget, "_set_running", boom_when_starting)
+    for start_run in (seg.run_volume, tune.start, tune.segment):
+        before = len(notification_manager.records)
+        assert start_run() is None
+        messages = [str(n.message) for n in notification_manager.records[before:]
+                    if "no validation slices" not in str(n.message)]  # the plan's own warning
+        assert len(messages) == 1 and "no more file handles" in messages[0], messages
+        assert busy.running() is None and seg.worker is None and tune.worker is None
+    assert seg._run is None and seg._cancel_button.enabled is False

@@ -16,10 +16,10 @@ from napari_roiseg.review import score_slices, stats_from_layers
 def _history(folder) -> CorrectionHistory:
     """Versions and gate decisions written as the gate writes them (no model needed)."""
     project = Project(folder)
-    project.state["versions"] = {"v000": {"name": "v000", "parent": None, "created": "t0"},
-                                 "v001": {"name": "v001", "parent": "v000", "created": "t1"}}
-    project.state["current_version"] = "v000"
-    project._save_state()
+    project._update(lambda state: state.update(
+        versions={"v000": {"name": "v000", "parent": None, "created": "t0"},
+                  "v001": {"name": "v001", "parent": "v000", "created": "t1"}},
+        current_version="v000"))
     history = CorrectionHistory(project)
     pred = np.zeros((20, 20), np.uint8)
     pred[5:15, 5:15] = 1
@@ -27,13 +27,11 @@ def _history(folder) -> CorrectionHistory:
     fix[5:15, 10:15] = 0
     history.record(3, pred, fix, version="v000", who="dr a")
     history.mark(7, "reviewed")
-    history.state["version_metrics"] = {
-        "v000": {"dice": 0.8125, "precision": 0.75, "recall": 0.9, "n": 2},
-        "v001": {"dice": 0.6875, "precision": 0.5, "recall": 0.95, "n": 2}}
-    history.state["gate"] = [{"candidate": "v001", "current": "v000", "passed": False,
-                              "accepted": True, "override": {"who": "dr b", "when": "t2",
-                                                             "why": "better on the roof"}}]
-    history._save()
+    history._update(lambda state: state.update(
+        version_metrics={"v000": {"dice": 0.8125, "precision": 0.75, "recall": 0.9, "n": 2},
+                         "v001": {"dice": 0.6875, "precision": 0.5, "recall": 0.95, "n": 2}},
+        gate=[{"candidate": "v001", "current": "v000", "passed": False, "accepted": True,
+               "override": {"who": "dr b", "when": "t2", "why": "better on the roof"}}]))
     return history
 
 

@@ -191,5 +191,176 @@ def test_finetune_widget_holds_the_locked_set_out(make_napari_viewer, phantom, s
         labels.data[k, 0, 0] = 1  # differs from the prediction: a correction
     tune.refresh_corrections(save=False)
     plan = tune.plan()
-    assert plan.validation == (6,)
-    assert not {5, 6, 7} & set(plan.train) and set(plan.train) == {1, 2, 3, 9, 10}
+    # the locked slice and its neighbours: neither trained on nor used to pick the weights
+    assert not {5, 6, 7} & (set(plan.train) | set(plan.validation))
+    assert plan.validation and set(plan.train) | set(plan.validation) <= {1, 2, 3, 9, 10}
+    # typed slice lists cannot bring the locked slice back either
+    tune._train_text.value, tune._val_text.value = "1, 2, 6, 9", "7, 10"
+    plan = tune.plan()
+    assert not {5, 6, 7} & (set(plan.train) | set(plan.validation))
+    # (9 is dropped too: next to the validation slice 10)
+    assert set(plan.train) == {1, 2} and set(plan.validation) == {10}
+
+
+# --------------------------------------------------------------------------- the model's
+# prediction, the locked set's references, the run lock, closing the widget
+
+
+def test_segment_widget_layers_give_the_model_prediction(make_napari_viewer, phantom,
+                                                         segmentation, tmp_path):
+    """A layer made by the Segment widget (ResultLayers) carries the model's output: edits made
+    before "Score slices" are not mistaken for the prediction."""
+    from napari_roiseg.layers import ResultLayers
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.volume, name="hip")
+    out = ResultLayers(viewer, image)
+    out.prepare(segmentation.labels)
+    out.write_slices(segmentation.labels, range(len(segmentation.labels)))
+    out.set_stats(segmentation.stats)
+    layer = out.labels_layer
+    k = int(np.flatnonzero(segmentation.labels.any(axis=(1, 2)))[0])
+    layer.data[k] = 0  # fixed before the slices were scored
+    widget = ReviewWidget(viewer, project=tmp_path / "proj")
+    widget.select(image, layer)
+    widget.refresh_scores()
+    assert np.array_equal(widget.prediction(), segmentation.labels)
+    record = widget.record_slice(k)
+    assert record["prediction_area"] == int(segmentation.labels[k].sum()) > 0
+    assert record["correction_area"] == 0
+
+
+def test_snapshots_are_kept_per_mask_layer(make_napari_viewer, phantom, tmp_path):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.volume, name="hip")
+    first = viewer.add_labels(np.zeros(phantom.volume.shape, np.uint8), name="a")
+    second = viewer.add_labels((phantom.labels != 0).astype(np.uint8), name="b")
+    widget = ReviewWidget(viewer, project=tmp_path / "proj")
+    widget.select(image, first)
+    widget.refresh_scores()
+    widget.select(image, second)  # another mask layer of the same shape
+    assert widget.prediction() is None  # not scored yet: never the other layer's snapshot
+    widget.refresh_scores()
+    assert np.array_equal(widget.prediction(), phantom.labels != 0)
+    widget.select(image, first)
+    assert not widget.prediction().any()
+    viewer.layers.remove(first)
+    assert len(widget.snapshots) == 1  # a removed layer's snapshot goes with it
+
+
+def test_lock_uses_the_saved_corrections(setup, phantom, segmentation):
+    """The locked set's reference masks are the annotator's saved corrections, not the
+    (uncorrected) mask layer that happens to be chosen."""
+    from napari_roiseg.corrections import Corrections
+
+    _, _, labels, widget = setup
+    fixed = segmentation.labels.copy()
+    corrected = [1, 2, 3, 6, 9, 10]
+    fixed[corrected] = phantom.labels[corrected] != 0
+    widget.project.save_corrections(fixed, Corrections(len(fixed), detected=corrected),
+                                    segmentation.labels)
+    assert not np.array_equal(fixed[corrected], labels.data[corrected])
+    locked = widget.lock()
+    assert locked and set(locked) <= set(corrected)
+    _, truth = widget.history.locked_data()
+    assert np.array_equal(truth, fixed[locked])
+    # a slice corrected only in the history: its recorded fix; one edited in the layer: the layer
+    k_hist, k_layer = 4, 5
+    fix = np.zeros_like(fixed[k_hist])
+    fix[10:20, 10:20] = 1
+    widget.history.record(k_hist, segmentation.labels[k_hist], fix)
+    labels.data[k_layer] = 0
+    labels.data[k_layer, 0:5, 0:5] = 1
+    refs = widget.reference_masks([1, k_hist, k_layer])
+    assert np.array_equal(refs[1], fixed[1]) and np.array_equal(refs[k_hist], fix)
+    assert np.array_equal(refs[k_layer], labels.data[k_layer])
+
+
+def test_gate_compare_and_lock_wait_for_a_run(setup, untrained_model, monkeypatch):
+    from napari_roiseg import busy
+    from napari_roiseg._widgets import review_widget
+
+    viewer, _, labels, widget = setup
+    widget.project.add_version(untrained_model(), {"parent": None})
+    widget.project.add_version(untrained_model(), {"parent": "v000"}, make_current=False)
+    filled = [k for k in range(len(labels.data)) if labels.data[k].any()]
+    for k in filled[:4]:
+        widget.history.record(k, labels.data[k], labels.data[k])
+    widget._candidate.reset_choices()
+    widget._candidate.value = "v001"
+    errors = []
+    monkeypatch.setattr(review_widget, "show_error", errors.append)
+    token = busy.try_acquire("segmenting 'hip'")
+    try:
+        assert widget.lock() == [] and widget.gate() is None and widget.compare() == {}
+    finally:
+        token.release()
+    assert len(errors) == 3 and all("segmenting 'hip'" in e for e in errors)
+    assert not widget.history.locked and not widget.history.decisions
+    assert not any(layer.name.startswith("compare ") for layer in viewer.layers)
+    assert widget.lock() and widget.gate() is not None  # once the run is over
+    assert busy.running() is None
+
+
+def test_closing_the_widget_gives_the_keys_back(make_napari_viewer, qtbot, tmp_path):
+    from qtpy.QtCore import QCoreApplication, QEvent, Qt
+
+    viewer = make_napari_viewer(show=True)
+    pressed = []
+
+    def own_j(_viewer):
+        pressed.append("J")
+
+    viewer.bind_key("J", own_j)
+    image = viewer.add_image(np.random.default_rng(0).random((6, 20, 20)))
+    lab = np.zeros((6, 20, 20), np.uint8)
+    lab[1:5, 5:10, 5:10] = 1
+    labels = viewer.add_labels(lab)
+    widget = ReviewWidget(viewer, project=tmp_path / "p")
+    viewer.window.add_dock_widget(widget, name="Review queue")
+    widget.select(image, labels)
+    widget.refresh_scores()
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_J)
+    assert not pressed  # the Review widget has J while it is open
+
+    viewer.window.remove_dock_widget(widget)  # what the dock's close button does
+    widget.deleteLater()
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)
+    qtbot.wait(10)
+    before = viewer.dims.current_step
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key.Key_J)  # no error from a deleted widget
+    qtbot.keyClick(canvas, Qt.Key.Key_K)
+    assert pressed == ["J"] and viewer.dims.current_step == before
+    viewer.add_labels(lab, name="later")  # layer events no longer reach the widget
+    viewer.dims.set_current_step(0, 3)
+
+
+def test_close_restores_an_unbound_key(make_napari_viewer, tmp_path):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer, project=tmp_path / "p")
+    assert coerce_keybinding("K") in viewer.keymap
+    widget.close()
+    assert coerce_keybinding("K") not in viewer.keymap
+    assert coerce_keybinding("J") not in viewer.keymap
+
+
+def test_finetune_resegmentation_carries_the_review_stats(make_napari_viewer, phantom,
+                                                          untrained_model, tmp_path):
+    from napari_roiseg._widgets.finetune_widget import FinetuneWidget
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.volume, name="hip")
+    tune = FinetuneWidget(viewer, model=untrained_model(), project=tmp_path / "proj")
+    tune.select(image)
+    tune.segment(sync=True)
+    layer = tune.last_segmentation["layer"]
+    assert len(layer.metadata[STATS_KEY]) == len(phantom.volume)
+    review = ReviewWidget(viewer, project=tmp_path / "proj")
+    review.select(image, layer)
+    review.refresh_scores()
+    assert "model scores" in review._summary.value

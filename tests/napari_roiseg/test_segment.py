@@ -104,3 +104,15 @@ def test_memory_mapped_output_is_filled_and_released(tmp_path, untrained_model):
         raise RuntimeError("interrupted")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["l.tif", "v.tif"]
     assert tifffile.TiffFile(tmp_path / "l.tif").is_imagej
+
+
+def test_slice_indices_outside_the_volume_are_refused():
+    """Consecutive indices are read as one span; one past the end must not be dropped silently."""
+    import pytest
+
+    from napari_roiseg.segment import segment_array
+
+    volume = np.zeros((3, 32, 32), np.uint8)
+    for bad in ([2, 3], [-1], [5]):
+        with pytest.raises(IndexError, match="outside the volume"):
+            segment_array(volume, object(), slices=bad)
