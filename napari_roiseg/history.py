@@ -32,7 +32,6 @@ import datetime as _dt
 import getpass
 import json
 import os
-import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from .corrections import SlicePlan, format_slices, plan_slices
-from .project import Project, SharedJson
+from .project import Project, SharedJson, claim_numbered_file
 
 __all__ = ["DEFAULT_TOLERANCE", "CorrectionHistory", "GateDecision", "evaluate_model",
            "locked_plan", "locked_slices", "mask_scores", "route_new_version"]
@@ -180,19 +179,9 @@ class CorrectionHistory:
 
     def _reserve_record_id(self) -> str:
         """The next free record id (one more than the largest in the history or on disk), its
-        file created empty (exclusively) so that no other writer takes it."""
-        taken = {int(r["id"][1:]) for r in self.state["records"]
-                 if re.fullmatch(r"c\d+", str(r.get("id", "")))}
-        taken |= {int(p.stem[1:]) for p in self.records_dir.glob("c*.npz")
-                  if re.fullmatch(r"c\d+", p.stem)}
-        number = max(taken) + 1 if taken else 1
-        while True:
-            rid = f"c{number:04d}"
-            try:
-                with open(self.records_dir / f"{rid}.npz", "xb"):
-                    return rid
-            except FileExistsError:
-                number += 1
+        file claimed (``project.claim_numbered_file``) so that no other writer takes it."""
+        return claim_numbered_file(self.records_dir, "c", ".npz", 4,
+                                   [r.get("id", "") for r in self.state["records"]], 1)
 
     def load_record(self, rid: str) -> dict[str, np.ndarray]:
         """``prediction``, ``correction`` (H, W) uint8 and ``boxes`` (K, 6) of record ``rid``."""

@@ -36,7 +36,8 @@ from .corrections import Corrections
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Project", "SharedJson", "default_project_folder", "folder_lock", "metrics_summary"]
+__all__ = ["Project", "SharedJson", "claim_numbered_file", "default_project_folder", "folder_lock",
+           "metrics_summary"]
 
 PROJECT_FORMAT = "napari-roiseg-project/1"
 CORRECTIONS_FORMAT = "napari-roiseg-corrections/1"
@@ -150,6 +151,25 @@ def metrics_summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in metrics.items() if k != "per_slice"}
 
 
+def claim_numbered_file(folder: Path, prefix: str, suffix: str, width: int,
+                        names: Any, first: int) -> str:
+    """The next free name ``prefix + number`` (one more than the largest among ``names`` and the
+    files ``folder/<prefix><number><suffix>``, else ``first``), its file created empty and
+    exclusively so that no other writer, in this process or another, takes it."""
+    pattern = re.compile(rf"{re.escape(prefix)}(\d+)")
+    taken = {int(m.group(1)) for n in names if (m := pattern.fullmatch(str(n)))}
+    taken |= {int(m.group(1)) for f in folder.glob(f"{prefix}*{suffix}")
+              if (m := pattern.fullmatch(f.name[: -len(suffix)]))}
+    number = max(taken) + 1 if taken else first
+    while True:
+        name = f"{prefix}{number:0{width}d}"
+        try:
+            with open(folder / f"{name}{suffix}", "xb"):
+                return name
+        except FileExistsError:
+            number += 1
+
+
 class Project:
     """A project folder: model versions, the current version, and the saved corrections.
 
@@ -226,20 +246,9 @@ class Project:
         return self.versions_dir / f"{name}.pt"
 
     def _reserve_name(self) -> str:
-        """The next free version name, its file created empty (exclusively) so that no other
-        writer, in this process or another, takes it; names of files left by an interrupted
-        save are skipped too. Call with :attr:`lock` held."""
-        taken = {int(n[1:]) for n in self.state["versions"] if re.fullmatch(r"v\d+", n)}
-        taken |= {int(p.stem[1:]) for p in self.versions_dir.glob("v*.pt")
-                  if re.fullmatch(r"v\d+", p.stem)}
-        number = max(taken) + 1 if taken else 0
-        while True:
-            name = f"v{number:03d}"
-            try:
-                with open(self.version_path(name), "xb"):
-                    return name
-            except FileExistsError:
-                number += 1
+        """The next free version name, its file claimed (:func:`claim_numbered_file`); names of
+        files left by an interrupted save are skipped too. Call with :attr:`lock` held."""
+        return claim_numbered_file(self.versions_dir, "v", ".pt", 3, self.state["versions"], 0)
 
     def add_version(self, model: nn.Module, info: dict[str, Any], *, make_current: bool = True) -> str:
         """Save ``model`` as the next version (``v000`` first) with ``info`` (plain data: parent,

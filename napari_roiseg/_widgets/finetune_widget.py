@@ -33,7 +33,13 @@ from qtpy.QtWidgets import QListWidget, QListWidgetItem, QVBoxLayout, QWidget
 
 from .. import busy
 from ..api import prepare_torch_import
-from ..corrections import Corrections, SlicePlan, detect_corrected, parse_slices, plan_slices
+from ..corrections import (
+    Corrections,
+    SlicePlan,
+    detect_corrected,
+    parse_slices,
+    plan_slices,
+)
 from ..finetune import (
     FinetuneConfig,
     FinetuneResult,
@@ -46,6 +52,7 @@ from ..finetune import (
 from ..history import locked_plan, locked_slices, route_new_version
 from ..layers import transform_kwargs
 from ..project import Project, default_project_folder
+from .navigation import show_slice, shown_slice
 from .plot import HistoryCanvas
 
 if TYPE_CHECKING:
@@ -280,17 +287,13 @@ class FinetuneWidget(QWidget):
                 self._labels.value = labels
 
     def current_slice(self) -> int:
-        layer = self.image_layer or self.labels_layer
-        if layer is None or layer.ndim == 2:
-            return 0
-        position = layer.world_to_data(self.viewer.dims.point)[0]
-        return int(np.clip(np.round(position), 0, layer.data.shape[0] - 1))
+        return shown_slice(self.viewer, self.image_layer or self.labels_layer)
 
     def go_to(self, k: int) -> None:
         """Show slice ``k`` of the image."""
         layer = self.image_layer or self.labels_layer
         if layer is not None and layer.ndim == 3:
-            self.viewer.dims.set_point(0, layer.data_to_world((int(k), 0, 0))[0])
+            show_slice(self.viewer, layer, k)
 
     # ------------------------------------------------------------------ project and versions
 

@@ -72,6 +72,7 @@ from ..review import (
     shapes_to_rows,
     stats_from_layers,
 )
+from .navigation import show_slice, shown_slice
 
 if TYPE_CHECKING:
     import napari
@@ -376,20 +377,11 @@ class ReviewWidget(QWidget):
     # ------------------------------------------------------------------ navigation
 
     def current_slice(self) -> int:
-        layer = self.image_layer or self.labels_layer
-        if layer is None or layer.ndim == 2:
-            return 0
-        position = layer.world_to_data(self.viewer.dims.point)[0]
-        return int(np.clip(np.round(position), 0, layer.data.shape[0] - 1))
+        return shown_slice(self.viewer, self.image_layer or self.labels_layer)
 
     def go_to(self, k: int) -> None:
         """Show slice ``k``."""
-        layer = self.image_layer or self.labels_layer
-        if layer is not None and layer.ndim == 3:
-            k = int(np.clip(k, 0, layer.data.shape[0] - 1))
-            self.viewer.dims.set_point(0, layer.data_to_world((k, 0, 0))[0])
-        else:
-            self.viewer.dims.set_current_step(0, int(k))
+        show_slice(self.viewer, self.image_layer or self.labels_layer, k)
 
     def _on_cell_clicked(self, row: int, _column: int = 0) -> None:
         self._pos = row

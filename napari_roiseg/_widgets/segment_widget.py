@@ -38,6 +38,7 @@ from ..api import prepare_torch_import
 from ..layers import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, ResultLayers, image_array
 from ..segment import VolumeSegmentation, check_volume, default_checkpoint, iter_segment
 from ..volume_io import check_finite
+from .navigation import shown_slice
 
 if TYPE_CHECKING:
     import napari
@@ -217,10 +218,7 @@ class SegmentWidget(Container):
 
     def current_slice(self, layer: Image) -> int:
         """Index of the slice of ``layer`` shown in the viewer (respects scale and translate)."""
-        if layer.ndim == 2:
-            return 0
-        position = layer.world_to_data(self.viewer.dims.point)[0]
-        return int(np.clip(np.round(position), 0, layer.data.shape[0] - 1))
+        return shown_slice(self.viewer, layer)
 
     # ------------------------------------------------------------------ model and device
 
