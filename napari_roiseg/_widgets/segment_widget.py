@@ -119,6 +119,13 @@ class SegmentWidget(Container):
 
     def __init__(self, napari_viewer: napari.Viewer, model: Any = None) -> None:
         super().__init__(scrollable=False)
+        # What the first volume run needs (napari's worker and progress bar, pandas for the
+        # Shapes layer's features) is imported now, when the dock opens, rather than inside the
+        # first click, where it froze the viewer for ~0.4 s (scripts/bench_gui_stall.py).
+        import napari.qt.threading  # noqa: F401
+        import napari.utils.progress  # noqa: F401
+        import pandas  # noqa: F401
+
         self.viewer = napari_viewer
         self.sessions: dict[Image, Session] = {}
         self.worker: Any = None
