@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"event-loop gaps during the run ({len(gaps)} ticks of {args.interval_ms} ms): max {gaps.max():.0f} ms, "
           f"99th percentile {np.percentile(gaps, 99):.0f} ms, median {np.median(gaps):.0f} ms, "
           f"{over} above 100 ms")
+    worst = int(np.argmax(gaps))
+    print(f"the longest gap ended {ticks[worst] - t_started:.2f} s after the worker started "
+          f"(the run's last batch was reported at {finished[0] - t_started:.2f} s)")
     viewer.close()
     return 0
 
