@@ -625,15 +625,12 @@ class FinetuneWidget(QWidget):
             return None
         from napari.qt.threading import create_worker
 
-        worker = create_worker(_finetune_and_gate, args, kwargs, _start_thread=False,
-                               _ignore_errors=True)
-        worker.yielded.connect(self._on_record)
-        worker.returned.connect(self._on_result)
-        worker.errored.connect(self._on_error)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        worker.start()
-        return worker
+        # _connect wires the signals, then starts the thread; they arrive queued in this thread
+        self.worker = create_worker(
+            _finetune_and_gate, args, kwargs, _ignore_errors=True,
+            _connect={"yielded": self._on_record, "returned": self._on_result,
+                      "errored": self._on_error, "finished": self._on_finished})
+        return self.worker
 
     def stop(self, _value: Any = None) -> None:
         """Stop after the step in progress; the best weights so far become the new version."""
@@ -741,15 +738,13 @@ class FinetuneWidget(QWidget):
             return None
         from napari.qt.threading import create_worker
 
-        worker = create_worker(iter_segment, volume, net, batch_size=4, _start_thread=False,
-                               _ignore_errors=True)
-        worker.yielded.connect(progress)
-        worker.returned.connect(lambda result: self._on_segmented(result, version))
-        worker.errored.connect(lambda exc: show_error(f"Segmentation failed: {exc}"))
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        worker.start()
-        return worker
+        self.worker = create_worker(
+            iter_segment, volume, net, batch_size=4, _ignore_errors=True,
+            _connect={"yielded": progress,
+                      "returned": lambda result: self._on_segmented(result, version),
+                      "errored": lambda exc: show_error(f"Segmentation failed: {exc}"),
+                      "finished": self._on_finished})
+        return self.worker
 
     def _on_segmented(self, result: Any, version: str) -> None:
         from ..layers import STATS_KEY

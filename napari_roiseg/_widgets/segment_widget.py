@@ -433,15 +433,12 @@ class SegmentWidget(Container):
             return None
         from napari.qt.threading import create_worker
 
-        worker = create_worker(iter_segment, volume, net, _start_thread=False,
-                               _ignore_errors=True, **kwargs)
-        worker.yielded.connect(self._on_progress)
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        worker.start()
-        return worker
+        # _connect wires the signals, then starts the thread; they arrive queued in this thread
+        self.worker = create_worker(
+            iter_segment, volume, net, _ignore_errors=True, **kwargs,
+            _connect={"yielded": self._on_progress, "errored": self._on_error,
+                      "aborted": self._on_aborted, "finished": self._on_finished})
+        return self.worker
 
     def cancel(self, _value: Any = None) -> None:
         """Stop a whole-volume run after the batch in progress; its slices stay."""
