@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_volume.py [--device auto|cpu|cuda] [--quick]
         [--slices 256] [--paper-slices 16] [--tv-slices 4] [--stream-slices 1024]
+        [--repeats 2] [--slow-repeats 1]
 
 Rows (each model runs in a fresh subprocess, so its peak memory is its own):
 
@@ -18,8 +19,8 @@ Rows (each model runs in a fresh subprocess, so its peak memory is its own):
     Fast-preset rows are the best of ``--repeats`` timings (the machine may be shared).
 (b) ``roiseg segment`` end to end (TIFF read, model load, inference, labels TIFF + boxes CSV).
 (c) streaming: a large uint8 volume in an uncompressed TIFF on disk, segmented through the same
-    CLI path (memory-mapped input, labels written into a memory-mapped TIFF); peak RSS vs the
-    sizes of the volume and of its labels.
+    CLI path (memory-mapped input, labels written into a memory-mapped TIFF), at two lengths 4x
+    apart; peak RSS vs the sizes of the volume and of its labels.
 
 A benchmark, not a test: it asserts nothing. Timings on a shared machine are noisy; the load
 average is printed with the table.
@@ -84,13 +85,21 @@ def _build(kind: str, device):
     return builder(weights=None, weights_backbone=None, num_classes=2).eval().to(device)
 
 
+def _autocast(device):
+    """float16 autocast on CUDA, as ``iter_predict`` runs the product's forward (nothing on the
+    CPU), so every RPN-FCN row of a CUDA table runs at the same precision."""
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda")
+
+
 def _plain_forward(model, vol: np.ndarray, device, batch_size: int) -> None:
     """The baseline: batched forward with no NMS pre-filter, every output field to numpy."""
     import torch
 
     for start in range(0, len(vol), batch_size):
         x = torch.from_numpy(vol[start:start + batch_size].astype(np.float32) / 255.0)
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(device):
             outputs = model(x[:, None].to(device))
         for out in outputs:
             {k: v.float().cpu().numpy() for k, v in out.items()}
@@ -133,7 +142,7 @@ def _paper_forward_with_rois(model, vol: np.ndarray, rois: list[np.ndarray], dev
         size = (int(x.shape[-2]), int(x.shape[-1]))
         boxes = [torch.as_tensor(b, device=device).reshape(-1, 4)
                  for b in rois[start:start + batch_size]]
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(device):
             padded = pad_to_multiple(x, model.size_divisible)
             features = model.backbone(padded)
             model.rpn(ImageList(padded, [size] * len(x)), {"0": features})  # timed, not used
@@ -286,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="512x512 slices streamed (1024)")
     p.add_argument("--repeats", type=int, default=2,
                    help="time each fast-preset row this many times, report the best")
+    p.add_argument("--slow-repeats", type=int, default=1,
+                   help="the same for the paper-preset and torchvision rows (1; more on a GPU)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -317,21 +328,21 @@ def main(argv: list[str] | None = None) -> int:
                 ("fast default, segment_array", {"kind": "fast", "slices": n, "impl": "auto"}),
                 ("paper preset (random init), segment_array",
                  {"kind": "paper", "slices": min(n, args.paper_slices), "impl": "dense",
-                  "repeats": 1}),
+                  "repeats": args.slow_repeats}),
                 ("paper preset (random init), segment_array",
                  {"kind": "paper", "slices": min(n, args.paper_slices), "impl": "auto",
-                  "repeats": 1}),
+                  "repeats": args.slow_repeats}),
                 ("paper preset (random init), the default model's ROIs",
                  {"kind": "paper_rois", "slices": min(n, args.paper_slices), "impl": "dense",
-                  "repeats": 1}),
+                  "repeats": args.slow_repeats}),
                 ("paper preset (random init), the default model's ROIs",
                  {"kind": "paper_rois", "slices": min(n, args.paper_slices), "impl": "auto",
-                  "repeats": 1}),
+                  "repeats": args.slow_repeats}),
                 ("torchvision maskrcnn_resnet50_fpn (random init, batch 1)",
-                 {"kind": "maskrcnn", "slices": min(n, args.tv_slices), "repeats": 1}),
+                 {"kind": "maskrcnn", "slices": min(n, args.tv_slices), "repeats": args.slow_repeats}),
                 ("torchvision fasterrcnn_mobilenet_v3_large_fpn (random init, batch 1)",
                  {"kind": "fasterrcnn_mobilenet", "slices": min(n, args.tv_slices),
-                  "repeats": 1})]
+                  "repeats": args.slow_repeats})]
         rows, baseline, seen = [], None, set()
         for name, job in jobs:
             r = _run_worker({**base, **job})
@@ -361,9 +372,14 @@ def main(argv: list[str] | None = None) -> int:
                                args.device, "--quiet"], capture_output=True, cwd=REPO,
                               check=False)
         command_s = time.perf_counter() - t0 if proc.returncode == 0 else None
-        _write_stream_volume(tmp / "big.tif", args.stream_slices)
-        stream = _run_worker({"kind": "cli", "tiff": str(tmp / "big.tif"),
-                              "out": str(tmp / "bigseg"), "device": args.device})
+        # Two lengths, 4x apart: a bounded run's peak RSS does not grow with the length.
+        streams = {}
+        for length in (max(1, args.stream_slices // 4), args.stream_slices):
+            _write_stream_volume(tmp / f"big{length}.tif", length)
+            streams[length] = _run_worker({"kind": "cli", "tiff": str(tmp / f"big{length}.tif"),
+                                           "out": str(tmp / f"bigseg{length}"),
+                                           "device": args.device})
+            (tmp / f"big{length}.tif").unlink()
 
     print(f"\n### (a) whole-volume inference, {n} phantom slices of {SHAPE[0]}x{SHAPE[1]}\n")
     print("| model | slices timed | ms/slice | s/volume ({n} slices) | time vs baseline | "
@@ -396,17 +412,20 @@ def main(argv: list[str] | None = None) -> int:
     if command_s is not None:
         print(f"the whole command as a new process (`python -m napari_roiseg.cli segment`, "
               f"Python start and imports included): {command_s:.2f} s")
-    size = args.stream_slices * 512 * 512 / 2**20
-    print(f"\n### (c) streaming {args.stream_slices} slices of 512x512 uint8 "
-          f"({size:.0f} MiB TIFF on disk, labels {size:.0f} MiB) through `roiseg segment`\n")
-    if "error" in stream:
-        print(f"error: {stream['error']}")
-    else:
-        print(f"{stream['seconds']:.1f} s ({1000 * stream['seconds'] / args.stream_slices:.1f} "
-              f"ms/slice); RSS before the command {stream['rss_before_mib']:.0f} MiB, peak RSS "
-              f"{stream['peak_rss_mib']:.0f} MiB (+{stream['peak_rss_mib'] - stream['rss_before_mib']:.0f}"
-              f" MiB for {2 * size:.0f} MiB of input + labels); labels file "
-              f"{stream['labels_bytes'] / 2**20:.0f} MiB")
+    print(f"\n### (c) streaming 512x512 uint8 volumes (uncompressed TIFF on disk) through "
+          "`roiseg segment`, at two lengths\n")
+    print("| slices | input + labels MiB | s | ms/slice | RSS before MiB | peak RSS MiB | "
+          "peak - before MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for length, stream in streams.items():
+        size = 2 * length * 512 * 512 / 2**20
+        if "error" in stream:
+            print(f"| {length} | {size:.0f} | error: {stream['error']} | | | | |")
+            continue
+        print(f"| {length} | {size:.0f} | {stream['seconds']:.1f} | "
+              f"{1000 * stream['seconds'] / length:.1f} | {stream['rss_before_mib']:.0f} | "
+              f"{stream['peak_rss_mib']:.0f} | "
+              f"{stream['peak_rss_mib'] - stream['rss_before_mib']:.0f} |")
     print(f"\nload average at end: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
