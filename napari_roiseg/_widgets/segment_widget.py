@@ -67,10 +67,13 @@ class VolumeRun:
     done: int = 0  # slices written to the mask layer
     reported: int = 0  # slices the worker has finished
     batches: int = 0
-    boxes_at: float = 0.0  # time.monotonic() when the Shapes layer was last rebuilt
+    shown: int = 0  # boxes drawn so far (those of the first ``boxes_upto`` slices)
+    boxes_upto: int = 0  # slices whose boxes are drawn
+    boxes_at: float = 0.0  # time.monotonic() of the last boxes update
+    boxes_due: bool = False  # a boxes update is scheduled
+    finishing: bool = False  # the worker ended; the last GUI steps are scheduled
     pbar_n: int = 0  # slices shown by napari's activity progress bar
     pbar_at: float = 0.0  # time.monotonic() of its last update
-    boxes_n: int = -1  # box rows drawn at the last rebuild (no new rows: no rebuild)
     cancelled: bool = False
     error: str | None = None
     pbar: Any = None
@@ -105,16 +108,16 @@ class SegmentWidget(Container):
         Use this model instead of the shipped default (see :meth:`set_model`).
     """
 
-    # GUI updates during a volume run are throttled: each one costs the event loop a redraw
-    # (software OpenGL: tens of ms), and napari's activity progress bar even runs
-    # QApplication.processEvents() inside its update, so a redraw lands in the same slot.
-    # The mask layer and the dock's own progress bar still follow every batch.
-    # Rebuilding the Shapes layer costs 30-110 ms (napari re-triangulates every rectangle) and
-    # its redraw 30-50 more: measured, every rebuild during a run froze the view for over
-    # 100 ms (scripts/bench_gui_stall.py). So boxes are drawn once, when the run ends (or is
-    # cancelled); a finite value here rebuilds at most that often during the run.
-    SHAPES_EVERY_S = float("inf")
-    ACTIVITY_EVERY_S = 1.0  # update napari's activity progress bar at most this often
+    # A volume run must never freeze the viewer for 100 ms (scripts/bench_gui_stall.py). So:
+    # the result layers are made when the image is chosen, not when the run starts (creating a
+    # layer costs 0.1-0.3 s with software OpenGL); each batch's boxes are added to the Shapes
+    # layer (a few ms) instead of rebuilding it (all rectangles re-triangulated: 55 ms for 140);
+    # and napari's activity progress bar, whose update runs QApplication.processEvents() and so
+    # a redraw in the same slot, is updated at most once a second. The mask layer and the
+    # dock's own progress bar follow every batch.
+    ACTIVITY_EVERY_S = 1.0
+    ACTIVITY_DELAY_MS = 250
+    BOXES_EVERY_S = 1.0
     FOLLOW_DELAY_MS = 40  # follow mode waits for the slider to rest this long
 
     def __init__(self, napari_viewer: napari.Viewer, model: Any = None) -> None:
@@ -136,6 +139,7 @@ class SegmentWidget(Container):
         self._flushing = False
         self._finish_pending = False
         self._token: busy.RunToken | None = None  # the run lock held by a volume run
+        self._sync = False  # the volume run in progress is synchronous (tests, scripts)
 
         self._image = ComboBox(label="image", choices=self._image_choices)
         self._model_source = ComboBox(label="model", choices=self._model_choices,
@@ -171,6 +175,7 @@ class SegmentWidget(Container):
                      device_row, self._batch, buttons, self._follow,
                      self._progress, self._status, self._threshold, self._top_k])
 
+        self._image.changed.connect(self.prepare_layers)
         self._model_source.changed.connect(self._on_model_source)
         self._checkpoint.changed.connect(self._on_checkpoint)
         self._device.changed.connect(self.resolve_device)
@@ -197,6 +202,7 @@ class SegmentWidget(Container):
         if model is not None:
             self.set_model(model)
         self.resolve_device()
+        self.prepare_layers()
 
     # ------------------------------------------------------------------ image layer choice
 
@@ -321,6 +327,30 @@ class SegmentWidget(Container):
             session = self.sessions[layer] = Session(result, ResultLayers(self.viewer, layer))
         return session
 
+    def prepare_layers(self, _value: Any = None) -> Session | None:
+        """Make the chosen image's (empty) mask and boxes layers now, if it can be segmented.
+
+        Called when an image is chosen: creating a layer stops the viewer for 0.1-0.3 s (software
+        OpenGL), which must not happen once a run has started. Silent: an image that cannot be
+        segmented gets no layers here, and its error message comes when a run is asked for.
+        Returns the image's session, or None.
+        """
+        layer = self.image_layer
+        if layer is None or self._run is not None or layer in self.sessions:
+            return self.sessions.get(layer) if layer is not None else None
+        try:
+            data, _ = image_array(layer)
+            if not isinstance(data, np.ndarray) or isinstance(data, np.memmap):
+                return None  # lazy or on-disk data: no scan of the whole volume here
+            volume = check_volume(data)
+            check_finite(volume, label=f"'{layer.name}'")
+            session = self._session(layer, volume.shape)
+            session.layers.prepare(session.result.labels)
+            self.show_boxes(session)
+        except Exception:  # noqa: BLE001 -- silent by design: the run reports the problem
+            return None
+        return session
+
     def _prepare(self) -> tuple[Any, Session, Any, str] | None:
         """Check the inputs, load the model, get the output layers ready; notify on problems."""
         layer = self.image_layer
@@ -403,8 +433,10 @@ class SegmentWidget(Container):
 
     def _abandon_run(self) -> None:
         run, self._run, self.worker = self._run, None, None
-        if run is not None and run.pbar is not None:
-            run.pbar.close()
+        if run is not None:
+            self._box_text(run.session, True)
+            if run.pbar is not None:
+                run.pbar.close()
         if self._token is not None:
             self._token.release()
             self._token = None
@@ -414,16 +446,19 @@ class SegmentWidget(Container):
         volume, session, net, device = prepared
         total = volume.shape[0]
         run = self._run = VolumeRun(session, total)
-        # Make the Shapes layer now, before the worker starts: creating a layer is the slowest
-        # GUI step (hundreds of ms with software OpenGL) and must not freeze the running view.
-        self.show_boxes(session)
-        run.boxes_at = run.pbar_at = time.monotonic()
-        run.pbar = progress(total=total, desc=f"Segmenting {self.image_layer.name}")
+        # Every slice is run again: its boxes are drawn batch by batch as they come (the
+        # Shapes layer exists already when the image was chosen; else it is made here).
+        if not session.layers.boxes_alive or session.layers.boxes_layer.nshapes:
+            self.show_boxes(session, before=0)
+        self._box_text(session, False)
+        run.pbar_at = run.boxes_at = time.monotonic()
         self._progress.max, self._progress.value = total, 0
         self._status.value = f"segmenting {total} slices…"
         self._set_running(True)
         kwargs = {"device": device, "batch_size": int(self._batch.value), "out": session.result}
+        self._sync = sync
         if sync:
+            self._open_activity(run)
             try:
                 for step in iter_segment(volume, net, **kwargs):
                     self._on_progress(step)
@@ -438,7 +473,15 @@ class SegmentWidget(Container):
             iter_segment, volume, net, _ignore_errors=True, **kwargs,
             _connect={"yielded": self._on_progress, "errored": self._on_error,
                       "aborted": self._on_aborted, "finished": self._on_finished})
+        # napari's activity bar costs 80-90 ms to make (its own redraw included): not in the
+        # turn that redraws the dock for the started run
+        self._later(lambda: self._open_activity(run), self.ACTIVITY_DELAY_MS)
         return self.worker
+
+    def _open_activity(self, run: VolumeRun) -> None:
+        if run.pbar is None and not run.finishing:
+            run.pbar = progress(total=run.total,
+                                desc=f"Segmenting {run.session.layers.image_layer.name}")
 
     def cancel(self, _value: Any = None) -> None:
         """Stop a whole-volume run after the batch in progress; its slices stay."""
@@ -451,6 +494,11 @@ class SegmentWidget(Container):
     # aborted/finished), but napari's progress bars, notifications and new layers process Qt
     # events, so a slot can be entered again while it runs. Hence: record the worker's count
     # first, do the GUI work in one non-reentrant _flush, and finish only after it.
+    #
+    # Each slot's work is followed, in the same turn of the event loop, by the redraw it asks
+    # for (30 ms for the mask with software OpenGL; 60 ms once the boxes changed, since vispy
+    # recompiles the Shapes layer's two mesh shaders). So the mask and the boxes are updated in
+    # different turns: the boxes in a timer slot of their own, at most every BOXES_EVERY_S.
     def _on_progress(self, step: tuple[int, int]) -> None:
         run = self._run
         if run is None:
@@ -470,20 +518,40 @@ class SegmentWidget(Container):
                 self._progress.value = run.done
                 self._notify(run.session.layers.write_slices(run.session.result.labels,
                                                              range(start, run.done)))
-                # At most one of the two slow updates per slot, so that no single slot (plus
-                # the redraw that follows it) holds the event loop for 100 ms.
                 now = time.monotonic()
-                n_boxes = len(run.session.result.boxes)
-                if now - run.boxes_at >= self.SHAPES_EVERY_S and n_boxes != run.boxes_n:
-                    run.boxes_at, run.boxes_n = now, n_boxes
-                    self.show_boxes(run.session)
-                elif now - run.pbar_at >= self.ACTIVITY_EVERY_S or run.done >= run.total:
+                due = now - run.pbar_at >= self.ACTIVITY_EVERY_S or run.done >= run.total
+                if run.pbar is not None and due:
                     run.pbar_at, step, run.pbar_n = now, run.done - run.pbar_n, run.done
                     run.pbar.update(step)
         finally:
             self._flushing = False
         if self._finish_pending:
             self._on_finished()
+        elif (not run.boxes_due and run.boxes_upto < run.done
+              and time.monotonic() - run.boxes_at >= self.BOXES_EVERY_S):
+            run.boxes_due = True
+            self._later(lambda: self._draw_boxes(run))
+
+    def _draw_boxes(self, run: VolumeRun) -> None:
+        """Add the boxes of the slices done since the last call to the Shapes layer."""
+        run.boxes_due = False
+        if not run.session.layers.boxes_alive:  # deleted during the run: all of them again
+            run.boxes_upto = run.shown = 0
+        elif run.boxes_upto >= run.done:
+            return
+        start, run.boxes_upto = run.boxes_upto, run.done
+        rows = run.session.result.boxes  # the worker's latest: it has these slices
+        rows = rows[(rows[:, 0] >= start) & (rows[:, 0] < run.boxes_upto)]
+        run.shown += run.session.layers.add_boxes(rows, float(self._threshold.value),
+                                                  int(self._top_k.value))
+        run.boxes_at = time.monotonic()
+
+    def _later(self, fn: Any, delay_ms: int = 1) -> None:
+        """Run ``fn`` in a later turn of the event loop (now, in a synchronous run)."""
+        if self._sync:
+            fn()
+        else:
+            QTimer.singleShot(delay_ms, fn)
 
     def _on_error(self, exc: BaseException) -> None:
         if self._run is not None:
@@ -500,16 +568,24 @@ class SegmentWidget(Container):
             return
         self._finish_pending = False
         self._flush()
-        run, self._run, self.worker = self._run, None, None
+        run = self._run
+        if run is None or run.finishing:
+            return
+        run.finishing = True
+        # The last boxes, then the end of the run, each in a turn of its own.
+        self._later(lambda: (self._draw_boxes(run), self._later(lambda: self._complete(run))))
+
+    def _complete(self, run: VolumeRun) -> None:
+        """The run is over: show the boxes' scores, let go of the run lock, say how it ended."""
+        self._run, self.worker = None, None
         if self._token is not None:
             self._token.release()
             self._token = None
-        if run is None:
-            return
         self.last_run = run
-        run.pbar.close()
+        if run.pbar is not None:
+            run.pbar.close()
         run.session.layers.set_stats(run.session.result.stats)  # for the Review widget
-        shown = self.show_boxes(run.session)
+        self._box_text(run.session, True)
         self._set_running(False)
         if run.error:
             state = "failed"
@@ -517,7 +593,7 @@ class SegmentWidget(Container):
             state = "cancelled"
         else:
             state = "done"
-        self._status.value = f"{state}: {run.done}/{run.total} slices, {shown} boxes shown"
+        self._status.value = f"{state}: {run.done}/{run.total} slices, {run.shown} boxes shown"
 
     def _set_running(self, running: bool) -> None:
         for w in (self._slice_button, self._volume_button, self._image, self._model_source,
@@ -527,16 +603,31 @@ class SegmentWidget(Container):
 
     # ------------------------------------------------------------------ boxes and follow mode
 
-    def show_boxes(self, session: Session) -> int:
-        """Redraw ``session``'s boxes with the current threshold and top-k (no model run)."""
-        return session.layers.show_boxes(session.result.boxes, float(self._threshold.value),
+    def show_boxes(self, session: Session, before: int | None = None) -> int:
+        """Redraw ``session``'s boxes with the current threshold and top-k (no model run);
+        ``before``: only those of slices ``< before``. Returns how many are drawn."""
+        rows = session.result.boxes
+        if before is not None:
+            rows = rows[rows[:, 0] < before]
+        return session.layers.show_boxes(rows, float(self._threshold.value),
                                          int(self._top_k.value))
+
+    @staticmethod
+    def _box_text(session: Session, visible: bool) -> None:
+        """Show or hide the score text of the boxes. Hidden during a volume run: with software
+        OpenGL every redraw of boxes with text on the slice shown costs ~40 ms more."""
+        if session.layers.boxes_alive:
+            session.layers.boxes_layer.text.visible = visible
 
     def refresh_boxes(self, _value: Any = None) -> None:
         """Apply the threshold / top-k controls to every image's boxes already drawn."""
         for session in self.sessions.values():
             if session.layers.boxes_layer is not None:
-                self.show_boxes(session)
+                run = self._run if self._run is not None and self._run.session is session \
+                    else None
+                shown = self.show_boxes(session, before=None if run is None else run.boxes_upto)
+                if run is not None:
+                    run.shown = shown
 
     def _on_step(self, _event: Any = None) -> None:
         if self._follow.value and self._run is None:

@@ -121,6 +121,48 @@ def test_add_result_layers_2d(make_napari_viewer):
     np.testing.assert_array_equal(shp.data[0], [[1, 2], [1, 4], [3, 4], [3, 2]])
 
 
+def test_added_boxes_equal_drawing_them_at_once(make_napari_viewer):
+    """ResultLayers.add_boxes, slice group by slice group, ends with the same rectangles,
+    features, colours and score text as one show_boxes of every row."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((4, 64, 64), np.uint8), name="vol")
+    rows = np.concatenate([BOXES, BOXES + [2, 5, 5, 5, 5, 0]])  # slices 0-3
+    out = ResultLayers(viewer, image)
+    assert out.add_boxes(rows[:0]) == 0 and out.boxes_alive and out.boxes_layer.nshapes == 0
+    for group in ((0,), (1, 2), (3,)):
+        out.add_boxes(rows[np.isin(rows[:, 0], group)], 0.5, 2)
+    layer = out.boxes_layer
+    added = ([v.copy() for v in layer.data], layer.features.to_numpy().copy(),
+             layer.edge_color.copy(), list(layer.text.values))
+    assert out.show_boxes(rows, 0.5, 2) == len(filter_boxes(rows, 0.5, 2)) == len(added[0]) == 8
+    for a, b in zip(added[0], layer.data):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(added[1], layer.features.to_numpy())
+    np.testing.assert_allclose(added[2], layer.edge_color)
+    assert added[3] == list(layer.text.values) and "0.95" in added[3]
+
+
+def test_add_result_layers_fills_empty_layers_of_its_names(make_napari_viewer):
+    """Empty layers of the result names (the Segment dock makes them when an image is chosen)
+    are filled, not duplicated; a layer with anything in it is never touched."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((2, 16, 12), np.uint8), name="vol", scale=(3, 1, 1))
+    out = ResultLayers(viewer, image)
+    out.prepare(np.zeros((2, 16, 12), np.uint8))
+    out.show_boxes(BOXES[:0])
+    labels = np.zeros((2, 16, 12), np.uint8)
+    labels[1, 2:5, 2:5] = 1
+    lab, shp = add_result_layers(viewer, image, labels, BOXES)
+    assert lab is out.labels_layer and shp is out.boxes_layer and len(viewer.layers) == 3
+    np.testing.assert_array_equal(lab.data, labels)
+    np.testing.assert_array_equal(lab.metadata[PREDICTION_KEY], labels)
+    assert shp.nshapes == len(filter_boxes(BOXES))
+    lab2, shp2 = add_result_layers(viewer, image, labels, BOXES)  # now neither is empty
+    assert lab2 is not lab and shp2 is not shp and lab2.name == "vol mask [1]"
+    np.testing.assert_array_equal(lab.data, labels)
+    assert out.labels_edited()  # the widget's next run keeps these results and makes a new layer
+
+
 def test_result_layers_keep_the_model_prediction(make_napari_viewer):
     """The mask layer carries the model's output (what corrections are compared with), kept up
     to date as slices are written, untouched by painting; the very array written, not a copy."""

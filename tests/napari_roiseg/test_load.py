@@ -150,15 +150,15 @@ def test_a_run_that_fails_to_start_lets_go_of_the_lock(make_napari_viewer, untra
     def boom(*_args, **_kwargs):
         raise RuntimeError("no more file handles")
 
-    set_running = FinetuneWidget._set_running
+    def boom_when_starting(set_running):
+        def patched(self, running):
+            if running:
+                boom()
+            set_running(self, running)
+        return patched
 
-    def boom_when_starting(self, running):
-        if running:
-            boom()
-        set_running(self, running)
-
-    monkeypatch.setattr(SegmentWidget, "show_boxes", boom)
-    monkeypatch.setattr(FinetuneWidget, "_set_running", boom_when_starting)
+    for cls in (SegmentWidget, FinetuneWidget):
+        monkeypatch.setattr(cls, "_set_running", boom_when_starting(cls._set_running))
     for start_run in (seg.run_volume, tune.start, tune.segment):
         before = len(notification_manager.records)
         assert start_run() is None

@@ -160,6 +160,71 @@ def test_worker_run_completes(setup, qtbot):
     assert widget._status.value.startswith("done: 6/6")
 
 
+def test_boxes_are_drawn_batch_by_batch_and_match_a_full_redraw(setup, qtbot, monkeypatch):
+    """During a threaded run the boxes of the finished slices are added as batches come (score
+    text hidden until the end); the layer then holds exactly what a full redraw draws."""
+    viewer, image, widget = setup
+    widget.run_volume(sync=True)  # boxes of an earlier run: cleared when the next one starts
+    monkeypatch.setattr(SegmentWidget, "BOXES_EVERY_S", 0.0)
+    shapes = viewer.layers["hip boxes"]
+    seen = []
+    draw = SegmentWidget._draw_boxes
+
+    def spy(self, run):
+        draw(self, run)
+        seen.append((run.boxes_upto, shapes.nshapes, shapes.text.visible))
+
+    monkeypatch.setattr(SegmentWidget, "_draw_boxes", spy)
+    widget._batch.value = 1
+    widget.run_volume()
+    assert not shapes.text.visible
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert len({upto for upto, _, _ in seen}) > 1  # more than one update, slices in order
+    assert [upto for upto, _, _ in seen] == sorted(upto for upto, _, _ in seen)
+    assert not any(visible for _, _, visible in seen) and shapes.text.visible
+    rows = widget.sessions[image].result.boxes
+    for upto, n, _ in seen:  # each update shows the boxes of exactly the slices done
+        assert n == len(filter_boxes(rows[rows[:, 0] < upto], 0.5, 3))
+    incremental = (list(shapes.data), shapes.features.copy(), shapes.edge_color.copy(),
+                   list(shapes.text.values))
+    _assert_shapes_match(shapes, filter_boxes(rows, 0.5, 3))
+    assert widget.last_run.shown == shapes.nshapes > 0
+    assert f"{shapes.nshapes} boxes shown" in widget._status.value
+    widget.refresh_boxes()  # a full redraw gives the same layer
+    for a, b in zip(incremental[0], shapes.data):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(incremental[1].to_numpy(), shapes.features.to_numpy())
+    np.testing.assert_allclose(incremental[2], shapes.edge_color)
+    assert incremental[3] == list(shapes.text.values)
+
+
+def test_result_layers_are_made_when_the_image_is_chosen(make_napari_viewer, phantom, net,
+                                                         notes):
+    """Making a layer freezes the viewer for 0.1-0.3 s, so it happens when the image is
+    chosen, not during a run; images that cannot be segmented get nothing and no message."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 32, 32, 3), np.uint8), name="colour", rgb=True)
+    nan = np.ones((4, 32, 32), np.float32)
+    nan[1, 2, 3] = np.nan
+    viewer.add_image(nan, name="nan")
+    widget = SegmentWidget(viewer, model=net)
+    assert widget.image_layer.name == "colour" and len(viewer.layers) == 2
+    widget.image_layer = viewer.layers["nan"]
+    assert len(viewer.layers) == 2 and notes() == []
+    image = viewer.add_image(phantom.volume, name="hip", scale=phantom.spacing)
+    widget.image_layer = image
+    mask, shapes = viewer.layers["hip mask"], viewer.layers["hip boxes"]
+    assert mask.data.shape == image.data.shape and not mask.data.any() and shapes.nshapes == 0
+    np.testing.assert_allclose(mask.scale, image.scale)
+    widget.image_layer = viewer.layers["nan"]
+    widget.image_layer = image  # chosen again: the same layers
+    widget.run_volume(sync=True)
+    assert [layer.name for layer in viewer.layers] == ["colour", "nan", "hip", "hip mask",
+                                                       "hip boxes"]
+    assert viewer.layers["hip mask"] is mask and mask.data.any()
+    assert _errors(notes) == []
+
+
 def test_edited_labels_survive_a_second_run(setup, notes):
     viewer, image, widget = setup
     widget.run_volume(sync=True)
