@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance()
     for _ in range(20):
         app.processEvents()
-    widget.load_model()  # loading the checkpoint is not part of the run
+    net = widget.load_model()  # loading the checkpoint is not part of the run
+    threads: set[int] = set()  # torch's thread count in the worker (the widget limits it)
+    net.register_forward_pre_hook(lambda *_: threads.add(torch.get_num_threads()))
 
     ticks: list[float] = []
     timer = QTimer()
@@ -86,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     gaps = np.diff(np.asarray([t0, *ticks])) * 1000
     over = int((gaps > 100).sum())
     print(f"date {time.strftime('%Y-%m-%d %H:%M:%S')}; load average "
-          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}; torch threads "
-          f"{torch.get_num_threads()}; Qt platform {app.platformName()}")
+          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}; torch threads in the worker "
+          f"{sorted(threads)} (GUI thread {torch.get_num_threads()}); Qt platform "
+          f"{app.platformName()}")
     print(f"run: {run.done}/{run.total} slices in {finished[0] - t0:.1f} s, batch "
           f"{args.batch_size}, {run.batches} batches, status '{widget._status.value}'")
     print(f"start-up: run_volume() itself took {1000 * (t_started - t0):.0f} ms (synchronous: "

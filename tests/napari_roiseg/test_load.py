@@ -108,7 +108,8 @@ def test_widget_finetune_is_refused_while_the_segment_widget_runs(
     labels.data[2, 10:20, 10:20] = 1
     tune.mark_current("corrected")
     worker = seg.run_volume()
-    assert worker is not None and slow_model.started.wait(30)
+    assert worker is not None  # started from the event loop, once the activity bar is up
+    qtbot.waitUntil(slow_model.started.is_set, timeout=30000)
     start = len(notification_manager.records)
     layers = [lyr.name for lyr in viewer.layers]
     assert tune.start(sync=True) is None and tune.segment(sync=True) is None

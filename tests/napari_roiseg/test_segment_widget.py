@@ -148,11 +148,21 @@ def test_cancel_keeps_the_partial_result(make_napari_viewer, qtbot, net):
     assert widget._volume_button.enabled and not widget._cancel_button.enabled
 
 
-def test_worker_run_completes(setup, qtbot):
+def test_worker_run_completes(setup, qtbot, net, monkeypatch):
+    """A threaded CPU run leaves GUI_CORES cores to the viewer (torch's thread count is lowered
+    for the run, at least 1) and restores the count afterwards."""
     viewer, image, widget = setup
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(3)), raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    threads = []
+    net.register_forward_pre_hook(lambda module, args: threads.append(torch.get_num_threads()))
     widget._batch.value = 4
     widget.run_volume()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert set(threads) == {3 - widget.GUI_CORES} and torch.get_num_threads() == 3
+    torch.set_num_threads(before)
     assert widget.last_run.done == 6 and not widget.last_run.cancelled
     assert widget.last_run.batches == 2
     np.testing.assert_array_equal(viewer.layers["hip mask"].data,
