@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"run: {run.done}/{run.total} slices in {finished[0] - t0:.1f} s, batch "
           f"{args.batch_size}, {run.batches} batches, status '{widget._status.value}'")
     print(f"start-up: run_volume() itself took {1000 * (t_started - t0):.0f} ms (synchronous: "
-          "checks the image, clears the boxes, starts the worker)")
+          "checks the image, clears the boxes, makes the worker; it starts from the event loop "
+          "once napari's activity bar is up)")
     print(f"event-loop gaps from the click to the end ({len(gaps)} ticks of "
           f"{args.interval_ms} ms): max {gaps.max():.0f} ms, "
           f"99th percentile {np.percentile(gaps, 99):.0f} ms, median {np.median(gaps):.0f} ms, "
