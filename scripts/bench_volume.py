@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     if command_s is not None:
         print(f"the whole command as a new process (`python -m napari_roiseg.cli segment`, "
               f"Python start and imports included): {command_s:.2f} s")
-    print(f"\n### (c) streaming 512x512 uint8 volumes (uncompressed TIFF on disk) through "
+    print("\n### (c) streaming 512x512 uint8 volumes (uncompressed TIFF on disk) through "
           "`roiseg segment`, at two lengths\n")
     print("| slices | input + labels MiB | s | ms/slice | RSS before MiB | peak RSS MiB | "
           "peak - before MiB |")

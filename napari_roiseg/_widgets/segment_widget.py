@@ -372,7 +372,7 @@ class SegmentWidget(Container):
             session = self._session(layer, volume.shape)
             session.layers.prepare(session.result.labels)
             self.show_boxes(session)
-        except Exception:  # noqa: BLE001 -- silent by design: the run reports the problem
+        except Exception:  # GUI boundary, silent by design: a run reports the problem
             return None
         return session
 

@@ -270,20 +270,25 @@ def test_rpn_fcn_eval_equal_between_dense_and_sparse_heads():
         assert (s["probabilities"] > 0).any()
 
 
-def test_gathered_conv_under_autocast_matches_float32():
-    """The sparse path under autocast (bfloat16 on the CPU stands in for CUDA float16) runs the
-    gathered matmul in float32 and gives the float32 result; the whole head runs too."""
+@pytest.mark.parametrize("device,dtype,tol", [
+    ("cpu", torch.bfloat16, (0.05, 0.1)),
+    pytest.param("cuda", torch.float16, (5e-3, 2e-2), marks=pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU")),
+])
+def test_gathered_conv_under_autocast_matches_float32(device, dtype, tol):
+    """The sparse path under autocast (bfloat16 on the CPU, float16 on CUDA as in inference)
+    runs the gathered matmul in float32 and gives the float32 result."""
     torch.manual_seed(0)
-    x = torch.randn(2, 8, 12, 10)
-    w = torch.randn(16, 8, 3, 3)
-    b = torch.randn(16)
-    mask = torch.zeros(2, 1, 12, 10, dtype=torch.bool)
+    x = torch.randn(2, 8, 12, 10, device=device)
+    w = torch.randn(16, 8, 3, 3, device=device)
+    b = torch.randn(16, device=device)
+    mask = torch.zeros(2, 1, 12, 10, dtype=torch.bool, device=device)
     mask[0, 0, 2:5, 3:6] = True
     mask[1, 0, 7:9, 1:3] = True
     want = roi_conv2d(x, w, b, mask, padding=1, impl="dense")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = roi_conv2d(x.bfloat16(), w, b, mask, padding=1, impl="sparse")
+    with torch.autocast(device, dtype=dtype):
+        got = roi_conv2d(x.to(dtype), w, b, mask, padding=1, impl="sparse")
     assert got.dtype == torch.float32
-    # Only the bfloat16 rounding of the input differs.
-    torch.testing.assert_close(got, want, rtol=0.05, atol=0.1)
+    # Only the low-precision rounding of the input differs.
+    torch.testing.assert_close(got, want, rtol=tol[0], atol=tol[1])
     assert not got.masked_select(~mask.expand_as(got)).any()
