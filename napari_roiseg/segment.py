@@ -7,6 +7,7 @@ worker can drive a progress bar and cancel between batches, and a script can sim
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,6 @@ def iter_segment(
     :func:`default_batch_size` for the device.
     """
     from src_model.mmap_pages import release_slices
-    from src_model.predict import iter_predict
     from src_model.preprocess import intensity_range, normalize_slices
 
     from .review import empty_stats, slice_stats
@@ -160,15 +160,16 @@ def iter_segment(
     value_range = intensity_range(arr)
     rows: list[np.ndarray] = [out.boxes[~np.isin(out.boxes[:, 0], index)]] if len(out.boxes) else []
     total, done = len(index), 0
-    for start in range(0, total, batch_size):
-        chunk = index[start:start + batch_size]
+    while done < total:
+        chunk = index[done:done + batch_size]
         # A run of consecutive slices is read as one slice of the array (a view: no gather copy).
         span = _as_span(chunk)
         batch = arr[span] if span is not None else arr[chunk]
         images = normalize_slices(np.asarray(batch), value_range)
-        for j, result in iter_predict(net, images, batch_size=batch_size, device=device,
-                                      score_threshold=score_threshold, top_k=top_k,
-                                      normalize=False):
+        results, batch_size = _predict_chunk(
+            net, images, batch_size, device,
+            {"score_threshold": score_threshold, "top_k": top_k, "normalize": False})
+        for j, result in enumerate(results):
             k = int(chunk[j])
             out.labels[k] = result["mask"]
             out.done[k] = True
@@ -183,6 +184,43 @@ def iter_segment(
         done += len(chunk)
         yield done, total
     return out
+
+
+def _predict_chunk(net: Any, images: np.ndarray, batch_size: int, device: Any,
+                   options: dict[str, Any]) -> tuple[list[dict[str, np.ndarray]], int]:
+    """``iter_predict`` over one chunk of slices: ``(results, batch_size)``.
+
+    Running out of memory (GPU or CPU) halves the batch and runs the chunk again, with a
+    warning; the smaller batch is returned so that the rest of the volume keeps it. With one
+    slice per batch already, a MemoryError says what to try.
+    """
+    import gc
+
+    import torch
+
+    from src_model.device import resolve_device
+    from src_model.predict import iter_predict
+    from src_model.train import is_out_of_memory
+
+    while True:
+        try:
+            results = [r for _, r in iter_predict(net, images, batch_size=batch_size,
+                                                  device=device, **options)]
+            return results, batch_size
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            dev = resolve_device(device)
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch_size == 1:
+                raise MemoryError(
+                    f"out of memory segmenting a single slice on {dev}: close other programs "
+                    "using the memory, or run on the CPU (device 'cpu')") from exc
+            warnings.warn(f"out of memory with {batch_size} slices per batch on {dev}: "
+                          f"continuing with {batch_size // 2}", RuntimeWarning, stacklevel=3)
+            batch_size //= 2
 
 
 def _as_span(chunk: np.ndarray) -> slice | None:

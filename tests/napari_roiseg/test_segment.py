@@ -116,3 +116,66 @@ def test_slice_indices_outside_the_volume_are_refused():
     for bad in ([2, 3], [-1], [5]):
         with pytest.raises(IndexError, match="outside the volume"):
             segment_array(volume, object(), slices=bad)
+
+
+@pytest.mark.parametrize("error", ["cuda", "cpu"])
+def test_out_of_memory_halves_the_batch_and_gives_the_same_result(untrained_model, error):
+    """A forward pass that runs out of memory with more than 2 slices (CUDA's error, or the CPU
+    allocator's) is retried with half the batch, with a warning; the result is the same, and
+    the rest of the volume keeps the smaller batch."""
+    import torch
+
+    from sample_data.phantom import make_phantom
+
+    vol = make_phantom(seed=5, n_slices=9, shape=(96, 80)).volume
+    model = untrained_model()
+    want = segment_array(vol, model, device="cpu", batch_size=2)
+    sizes: list[int] = []
+
+    def oom_above_two(module, args):
+        sizes.append(len(args[0]))
+        if len(args[0]) > 2:
+            raise (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                   if error == "cuda" else
+                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                                "allocate 123456789 bytes"))
+
+    model.register_forward_pre_hook(oom_above_two)
+    with pytest.warns(RuntimeWarning) as record:
+        got = segment_array(vol, model, device="cpu", batch_size=8)
+    assert [str(w.message) for w in record] == [
+        "out of memory with 8 slices per batch on cpu: continuing with 4",
+        "out of memory with 4 slices per batch on cpu: continuing with 2"]
+    assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) <= {2, 1}  # no retry at 8 or 4 again
+    np.testing.assert_array_equal(got.labels, want.labels)
+    np.testing.assert_allclose(got.boxes, want.boxes, rtol=1e-5)
+    assert got.complete
+
+
+def test_out_of_memory_with_one_slice_says_what_to_do(untrained_model):
+    import torch
+
+    model = untrained_model()
+
+    def oom(module, args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    model.register_forward_pre_hook(oom)
+    with pytest.warns(RuntimeWarning), pytest.raises(
+            MemoryError, match=r"out of memory segmenting a single slice on cpu: close other "
+                               r"programs .* or run on the CPU"):
+        segment_array(np.zeros((3, 64, 48), np.uint8), model, device="cpu", batch_size=2)
+
+
+def test_other_errors_are_not_retried(untrained_model):
+    model = untrained_model()
+    calls = []
+
+    def boom(module, args):
+        calls.append(1)
+        raise RuntimeError("shape mismatch")
+
+    model.register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        segment_array(np.zeros((3, 64, 48), np.uint8), model, device="cpu", batch_size=2)
+    assert calls == [1]
