@@ -16,9 +16,11 @@ and every problem surfaces as :class:`CheckpointError` with a message saying wha
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import os
 import pickle
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,9 @@ __all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "load_checkpoint", "save_chec
 CHECKPOINT_FORMAT = "napari-roiseg-checkpoint/1"
 _FORMAT_PREFIX = "napari-roiseg-checkpoint/"
 _SAFE_SCALARS = (str, int, float, bool, type(None))
+# A temporary file of a save this old belongs to a writer that died (no save takes an hour);
+# a younger one may be another process's save in progress.
+STALE_TEMP_S = 3600.0
 
 
 class CheckpointError(ValueError):
@@ -113,7 +118,20 @@ def save_checkpoint(
         except FileNotFoundError:
             pass
         raise
+    _remove_stale_temps(path)
     return path
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete the hidden temporary files of earlier saves to ``path`` that a killed writer left
+    (older than ``STALE_TEMP_S``)."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TEMP_S:
+                tmp.unlink()
+        except OSError:
+            pass  # gone already, or not ours to delete: it is hidden and never loaded
 
 
 def _unpickler_reason(exc: Exception) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from src_model import checkpoint
 from src_model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from src_model.model import build_model
 
@@ -119,6 +120,19 @@ def test_writer_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):
     for k, v in reference.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
     # the half-written temporary file is hidden and never taken for a checkpoint
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "model.pt"]
-    assert leftovers and all(n.startswith(".model.pt.") and n.endswith(".tmp") for n in leftovers)
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "model.pt"]
+    assert leftovers and all(p.name.startswith(".model.pt.") and p.name.endswith(".tmp")
+                             for p in leftovers)
     assert np.isfinite([float(p.detach().sum()) for p in loaded.parameters()]).all()
+    # The next save removes it once it is old enough to belong to a dead writer; a younger
+    # temporary file (another process saving right now) is left alone.
+    save_checkpoint(path, loaded, {"version": 3})
+    assert all(p.exists() for p in leftovers)
+    old = time.time() - checkpoint.STALE_TEMP_S - 60
+    for p in leftovers:
+        os.utime(p, (old, old))
+    young = tmp_path / ".model.pt.abcd1234.tmp"
+    young.write_bytes(b"in progress")
+    save_checkpoint(path, loaded, {"version": 4})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [young.name, "model.pt"]
+    assert load_checkpoint(path)[1]["version"] == 4
