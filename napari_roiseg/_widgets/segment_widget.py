@@ -137,6 +137,9 @@ class SegmentWidget(Container):
     # a redraw in the same slot, is updated at most once a second. The mask layer and the
     # dock's own progress bar follow every batch.
     ACTIVITY_EVERY_S = 1.0
+    # Images up to this many voxels get their result layers when chosen (a uint8 mask of this
+    # size, twice: the layer and the copy it is compared with); larger ones when a run starts.
+    PREPARE_MAX_VOXELS = 256 * 2**20
     ACTIVITY_DELAY_MS = 100
     # CPU cores a threaded CPU run leaves to the viewer: with torch on every core, the GUI
     # thread's redraws take twice as long (2 cores: 6 probe runs, 2 with a gap over 100 ms; one
@@ -365,8 +368,9 @@ class SegmentWidget(Container):
             return self.sessions.get(layer) if layer is not None else None
         try:
             data, _ = image_array(layer)
-            if not isinstance(data, np.ndarray) or isinstance(data, np.memmap):
-                return None  # lazy or on-disk data: no scan of the whole volume here
+            if (not isinstance(data, np.ndarray) or isinstance(data, np.memmap)
+                    or data.size > self.PREPARE_MAX_VOXELS):
+                return None  # lazy, on-disk or huge: no scan or mask allocation just for a look
             volume = check_volume(data)
             check_finite(volume, label=f"'{layer.name}'")
             session = self._session(layer, volume.shape)

@@ -228,9 +228,14 @@ def test_result_layers_are_made_when_the_image_is_chosen(make_napari_viewer, pha
     np.testing.assert_allclose(mask.scale, image.scale)
     widget.image_layer = viewer.layers["nan"]
     widget.image_layer = image  # chosen again: the same layers
+    big = viewer.add_image(np.zeros((2, 8, 8), np.uint8), name="big")
+    widget.PREPARE_MAX_VOXELS = 127  # an image too large to prepare gets its layers at the run
+    widget.image_layer = big
+    assert "big mask" not in viewer.layers
+    widget.image_layer = image
     widget.run_volume(sync=True)
     assert [layer.name for layer in viewer.layers] == ["colour", "nan", "hip", "hip mask",
-                                                       "hip boxes"]
+                                                       "hip boxes", "big"]
     assert viewer.layers["hip mask"] is mask and mask.data.any()
     assert _errors(notes) == []
 
