@@ -205,11 +205,8 @@ def set_boxes(layer: Any, boxes: Any) -> None:
     """Replace every shape of ``layer`` (made by :func:`add_boxes_layer`) by ``boxes``."""
     rows = _rows(boxes)
     layer.data = list(box_rectangles(rows, layer.ndim))
-    # Shapes.data keeps the old features when the layer is emptied: set them after the data,
-    # then recompute colours and text from the new scores.
-    layer.features = box_features(rows)
-    layer.refresh_colors(update_color_mapping=False)
-    layer.text.refresh(layer.features)
+    # Shapes.data keeps the old features when the layer is emptied: set them after the data.
+    _set_box_features(layer, box_features(rows))
 
 
 def append_boxes(layer: Any, boxes: Any) -> None:
@@ -220,11 +217,17 @@ def append_boxes(layer: Any, boxes: Any) -> None:
     rows = _rows(boxes)
     if not len(rows):
         return
-    old = {name: np.asarray(layer.features[name]) for name in ("score", "slice")}
-    layer.add(list(box_rectangles(rows, layer.ndim)), shape_type="rectangle", edge_width=1.0,
-              face_color="transparent")
     new = box_features(rows)
-    layer.features = {name: np.concatenate([old[name], new[name]]) for name in new}
+    old = {name: np.asarray(layer.features[name]) for name in new}
+    style = _shapes_kwargs(rows, layer.ndim)
+    layer.add(style["data"], shape_type=style["shape_type"], edge_width=style["edge_width"],
+              face_color=style["face_color"])
+    _set_box_features(layer, {name: np.concatenate([old[name], new[name]]) for name in new})
+
+
+def _set_box_features(layer: Any, features: dict[str, np.ndarray]) -> None:
+    """Give ``layer``'s boxes these features, then recompute colours and text from the scores."""
+    layer.features = features
     layer.refresh_colors(update_color_mapping=False)
     layer.text.refresh(layer.features)
 

@@ -194,13 +194,9 @@ def _predict_chunk(net: Any, images: np.ndarray, batch_size: int, device: Any,
     warning; the smaller batch is returned so that the rest of the volume keeps it. With one
     slice per batch already, a MemoryError says what to try.
     """
-    import gc
-
-    import torch
-
     from src_model.device import resolve_device
     from src_model.predict import iter_predict
-    from src_model.train import is_out_of_memory
+    from src_model.train import free_memory, is_out_of_memory
 
     while True:
         try:
@@ -211,9 +207,7 @@ def _predict_chunk(net: Any, images: np.ndarray, batch_size: int, device: Any,
             if not is_out_of_memory(exc):
                 raise
             dev = resolve_device(device)
-            gc.collect()
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+            free_memory(dev)
             if batch_size == 1:
                 raise MemoryError(
                     f"out of memory segmenting a single slice on {dev}: close other programs "

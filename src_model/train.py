@@ -98,7 +98,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
         "can't allocate memory" in text or "out of memory" in text.lower())
 
 
-def _free_memory(device: torch.device) -> None:
+def free_memory(device: torch.device) -> None:
+    """Give back what a failed out-of-memory step held (a collection; CUDA's cached blocks)."""
     import gc
 
     gc.collect()
@@ -269,7 +270,7 @@ def train_iter(
                     raise
                 optimizer.zero_grad(set_to_none=True)  # nothing of this step is applied
                 images = targets = losses = total = None
-                _free_memory(device)
+                free_memory(device)
                 if batch_size == 1 or sampler is not None:
                     raise TrainingOutOfMemory(
                         f"training ran out of memory on {device} at step {step + 1} with "
