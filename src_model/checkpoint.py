@@ -9,14 +9,17 @@ Payload::
 
 Writing is atomic (temporary file in the same folder, flush + fsync, ``os.replace``): a crash or a
 full disk never leaves a half-written checkpoint under the real name, and the previous file stays
-intact. Reading uses ``torch.load(weights_only=True)``, which refuses pickles that would run code,
-and every problem surfaces as :class:`CheckpointError` with a message saying what to do.
+intact; a full disk is reported as ``OSError(ENOSPC)`` giving the free and needed space. Reading
+uses ``torch.load(weights_only=True)``, which refuses pickles that would run code, and every
+problem surfaces as :class:`CheckpointError` with a message saying what to do.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import glob
+import shutil
 import os
 import pickle
 import tempfile
@@ -111,15 +114,42 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         # Leave the previous checkpoint untouched and no temporary file behind.
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, Exception) and _is_disk_full(exc):
+            # torch's zip writer reports a full disk as "enforce fail ... unexpected pos".
+            raise OSError(errno.ENOSPC, _disk_full_message(path, payload["state_dict"])) from exc
         raise
     _remove_stale_temps(path)
     return path
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during is ENOSPC (or EDQUOT)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _disk_full_message(path: Path, state_dict: dict[str, torch.Tensor]) -> str:
+    need = sum(t.numel() * t.element_size() for t in state_dict.values()) / 2**20
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return (
+        f"cannot save the checkpoint {str(path)!r}: no space left in {str(path.parent)!r} "
+        f"({free}, about {need:.0f} MiB needed). The previous file is unchanged; free some "
+        "space or save to another folder, then save again"
+    )
 
 
 def _remove_stale_temps(path: Path) -> None:

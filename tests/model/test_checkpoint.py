@@ -70,6 +70,28 @@ def test_failed_save_leaves_the_old_file_untouched(model, tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
 
 
+def test_a_full_disk_is_named_and_loses_nothing(model, tmp_path, monkeypatch):
+    import errno
+
+    path = save_checkpoint(tmp_path / "m.pt", model, {"version": 1})
+    before = path.read_bytes()
+
+    def full_disk_save(obj, f, *args, **kwargs):
+        # What torch's zip writer really raises when the disk fills under it.
+        try:
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 12 vs 8")
+
+    monkeypatch.setattr(ckpt_module.torch, "save", full_disk_save)
+    with pytest.raises(OSError, match="no space left in .*MiB free, about .*MiB needed") as caught:
+        save_checkpoint(path, model, {"version": 2})
+    assert caught.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
 def test_metadata_must_be_plain_data(model, tmp_path):
     import numpy as np
 
