@@ -7,12 +7,15 @@ Layout (every write atomic: temporary file in the same folder + ``os.replace``):
     <project>/corrections/labels.tif        the corrected slices (ImageJ slice labels "slice K")
     <project>/corrections/prediction.tif    the prediction the corrections were compared with
     <project>/corrections/corrections.json  detected slices and marks
+    <project>/.roiseg.lock                  empty; its flock is the folder's lock across processes
 
 Several objects may hold the same folder at once (the Fine-tune and Review widgets, the API, a
 script): none keeps a private copy of ``project.json``. Readers see the file as it is now (it is
 re-read when it changed on disk), and every change is a read-modify-write of the file under the
-folder's process-wide lock (:func:`folder_lock`), so one object never writes back another's stale
-copy.
+folder's lock (:func:`folder_lock`), so one object never writes back another's stale copy. The
+lock holds across threads and, through an advisory lock on ``<project>/.roiseg.lock`` (POSIX
+``flock``), across processes: a script fine-tuning in a terminal and the widgets of an open
+napari share a folder safely.
 
 No napari or Qt; torch only inside the methods that save or load a model version.
 """
@@ -36,8 +39,8 @@ from .corrections import Corrections
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["Project", "SharedJson", "claim_numbered_file", "default_project_folder", "folder_lock",
-           "metrics_summary"]
+__all__ = ["FolderLock", "Project", "SharedJson", "claim_numbered_file", "default_project_folder",
+           "folder_lock", "metrics_summary"]
 
 PROJECT_FORMAT = "napari-roiseg-project/1"
 CORRECTIONS_FORMAT = "napari-roiseg-corrections/1"
@@ -57,17 +60,76 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
             os.fsync(fh.fileno())
 
 
-_LOCKS: dict[str, threading.RLock] = {}
+LOCK_FILE = ".roiseg.lock"
+
+
+class FolderLock:
+    """A re-entrant lock of one project folder, for threads and processes alike: a thread lock,
+    and while it is held (outermost ``with`` only) an exclusive ``flock`` on the folder's
+    :data:`LOCK_FILE`. The operating system drops the flock when a process dies, so a killed
+    script never leaves the folder locked. Where the lock file cannot be made (a read-only
+    folder, no ``fcntl`` on Windows) only the thread lock is taken."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._thread_lock = threading.RLock()
+        self._depth = 0  # nesting of the holding thread; changed only while holding _thread_lock
+        self._fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        self._thread_lock.acquire()
+        try:
+            if self._depth == 0:
+                self._fd = _flock(os.path.join(self.folder, LOCK_FILE))
+            self._depth += 1
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._depth -= 1
+        try:
+            if self._depth == 0 and self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)  # closing the descriptor releases its flock
+        finally:
+            self._thread_lock.release()
+
+
+def _flock(path: str) -> int | None:
+    """An open descriptor of ``path`` holding its exclusive flock (blocks until it is free), or
+    None where there is no flock or the file cannot be made."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:  # read-only folder (nothing can be written there anyway), or gone
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_LOCKS: dict[str, FolderLock] = {}
 _LOCKS_GUARD = threading.Lock()
 _WRITES: dict[str, int] = {}  # file -> how many times this process wrote it (cache key part)
 
 
-def folder_lock(folder: str | os.PathLike) -> threading.RLock:
-    """The process-wide lock of a project folder (one per resolved path; re-entrant): held for
-    every read-modify-write of the folder's JSON files and while a new name is reserved."""
+def folder_lock(folder: str | os.PathLike) -> FolderLock:
+    """The lock of a project folder (one object per resolved path in a process; re-entrant;
+    exclusive across processes too, see :class:`FolderLock`): held for every read-modify-write
+    of the folder's JSON files and while a new name is reserved."""
     key = os.path.realpath(os.fspath(folder))
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(key, threading.RLock())
+        if key not in _LOCKS:
+            _LOCKS[key] = FolderLock(key)
+        return _LOCKS[key]
 
 
 class SharedJson:
@@ -76,7 +138,8 @@ class SharedJson:
     process wrote it since), :meth:`update` re-reads it, applies one change and writes it
     atomically, all under ``lock``. The dict :meth:`read` returns must not be changed."""
 
-    def __init__(self, path: Path, lock: threading.RLock, default: Callable[[], dict[str, Any]],
+    def __init__(self, path: Path, lock: FolderLock | threading.RLock,
+                 default: Callable[[], dict[str, Any]],
                  check: Callable[[dict[str, Any]], None] | None = None, advice: str = "") -> None:
         self.path, self.lock = path, lock
         self._key = os.path.realpath(path)

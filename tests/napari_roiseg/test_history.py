@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -176,6 +179,52 @@ def test_two_projects_on_one_folder_lose_no_version(tmp_path, untrained_model):
     assert sorted(f.name for f in (tmp_path / "proj" / "versions").iterdir()) == [
         "v000.pt", "v001.pt", "v002.pt"]  # no orphaned checkpoint
     assert b.load_version("v002") is not None  # b sees a's version
+
+
+_COUNTER = """
+import sys
+from pathlib import Path
+from napari_roiseg.project import SharedJson, folder_lock
+
+folder = Path(sys.argv[1])
+counter = SharedJson(folder / "counter.json", folder_lock(folder), lambda: {{"n": 0}})
+for _ in range({n}):
+    counter.update(lambda state: state.update(n=state["n"] + 1))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock: one process only on Windows")
+def test_processes_sharing_a_folder_lose_no_update(tmp_path):
+    # A script in a terminal and an open napari (two processes) on one project folder: every
+    # read-modify-write of its JSON is exclusive across processes, so no change is lost.
+    n, procs = 150, 3
+    script = _COUNTER.format(n=n)
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)]) for _ in range(procs)]
+    assert [p.wait(timeout=120) for p in runs] == [0] * procs
+    assert json.loads((tmp_path / "counter.json").read_text())["n"] == n * procs
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no flock: one process only on Windows")
+def test_the_folder_lock_waits_for_another_process_and_is_reentrant(tmp_path):
+    project = Project(tmp_path / "proj")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from napari_roiseg.project import folder_lock\n"
+         "with folder_lock(sys.argv[1]):\n"
+         "    print('held', flush=True)\n"
+         "    time.sleep(1.5)\n", str(project.folder)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    t0 = time.perf_counter()
+    with project.lock, project.lock:  # re-entrant in one thread: no self-deadlock on the flock
+        waited = time.perf_counter() - t0
+        project.bind_image("hip", (4, 8, 8))  # takes the lock again inside
+    assert holder.wait(timeout=60) == 0
+    assert waited > 0.5  # blocked until the other process let go
+    assert Project(project.folder).state["image"]["name"] == "hip"
+    with project.lock:  # the outermost exit released the flock: taking it again is immediate
+        pass
 
 
 def test_a_version_file_without_an_entry_is_never_overwritten(tmp_path, untrained_model):
