@@ -19,9 +19,9 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import glob
-import shutil
 import os
 import pickle
+import shutil
 import tempfile
 import time
 from pathlib import Path
