@@ -76,7 +76,7 @@ class FolderLock:
         self._depth = 0  # nesting of the holding thread; changed only while holding _thread_lock
         self._fd: int | None = None
 
-    def __enter__(self) -> FolderLock:
+    def __enter__(self) -> FolderLock:  # noqa: PYI034 (typing.Self needs Python 3.11)
         self._thread_lock.acquire()
         try:
             if self._depth == 0:
@@ -87,7 +87,7 @@ class FolderLock:
             raise
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._depth -= 1
         try:
             if self._depth == 0 and self._fd is not None:

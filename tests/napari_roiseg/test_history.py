@@ -207,14 +207,13 @@ def test_processes_sharing_a_folder_lose_no_update(tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="no flock: one process only on Windows")
 def test_the_folder_lock_waits_for_another_process_and_is_reentrant(tmp_path):
     project = Project(tmp_path / "proj")
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\n"
-         "from napari_roiseg.project import folder_lock\n"
-         "with folder_lock(sys.argv[1]):\n"
-         "    print('held', flush=True)\n"
-         "    time.sleep(1.5)\n", str(project.folder)],
-        stdout=subprocess.PIPE, text=True)
+    script = ("import sys, time\n"
+              "from napari_roiseg.project import folder_lock\n"
+              "with folder_lock(sys.argv[1]):\n"
+              "    print('held', flush=True)\n"
+              "    time.sleep(1.5)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(project.folder)],
+                              stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     t0 = time.perf_counter()
     with project.lock, project.lock:  # re-entrant in one thread: no self-deadlock on the flock
