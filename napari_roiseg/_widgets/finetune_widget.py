@@ -13,6 +13,7 @@ prediction when it fits, or else the layer's contents when it is first chosen.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,7 +53,7 @@ from ..finetune import (
 from ..history import locked_plan, locked_slices, route_new_version
 from ..layers import transform_kwargs
 from ..project import Project, default_project_folder
-from .navigation import show_slice, shown_slice
+from .navigation import as_slices, show_slice, shown_slice
 from .plot import HistoryCanvas
 
 if TYPE_CHECKING:
@@ -61,12 +62,6 @@ if TYPE_CHECKING:
 PREDICTION_KEY = "roiseg_prediction"
 LEARNING_RATES = [("1e-5", 1e-5), ("3e-5", 3e-5), ("1e-4", 1e-4), ("3e-4", 3e-4), ("1e-3", 1e-3)]
 SAME_AS_CORRECTED = "the corrected labels"
-
-
-def _volume(data: Any) -> np.ndarray:
-    """Layer data as (S, H, W) (a 2D image is one slice), not copied."""
-    arr = np.asarray(data)
-    return arr[None] if arr.ndim == 2 else arr
 
 
 def _scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -302,7 +297,7 @@ class FinetuneWidget(QWidget):
         try:
             project = Project(folder)
             if self.image_layer is not None:
-                project.bind_image(self.image_layer.name, _volume(self.image_layer.data).shape)
+                project.bind_image(self.image_layer.name, as_slices(self.image_layer.data).shape)
         except (OSError, ValueError) as exc:
             show_error(f"Cannot open the project: {exc}")
             return None
@@ -381,7 +376,7 @@ class FinetuneWidget(QWidget):
     def _on_image_changed(self, layer: Image | None) -> None:
         if layer is not None and self.project is not None:
             try:
-                self.project.bind_image(layer.name, _volume(layer.data).shape)
+                self.project.bind_image(layer.name, as_slices(layer.data).shape)
             except ValueError as exc:
                 show_error(str(exc))
             self._restore()
@@ -393,7 +388,7 @@ class FinetuneWidget(QWidget):
         if self._restored or image is None or project is None:
             return
         corrections, planes, prediction, data = project.load_corrections()
-        shape = _volume(image.data).shape
+        shape = as_slices(image.data).shape
         if prediction is None or prediction.shape != shape:
             self._restored = True
             return
@@ -402,8 +397,8 @@ class FinetuneWidget(QWidget):
             labels[k] = plane
         name = data.get("labels_layer") or f"{image.name} corrections"
         layer = next((lyr for lyr in self.viewer.layers if isinstance(lyr, Labels)
-                      and lyr.name == name and _volume(lyr.data).shape == shape
-                      and all(np.array_equal(_volume(lyr.data)[k] != 0, p != 0)
+                      and lyr.name == name and as_slices(lyr.data).shape == shape
+                      and all(np.array_equal(as_slices(lyr.data)[k] != 0, p != 0)
                               for k, p in planes.items())), None)
         if layer is None:
             layer = self.viewer.add_labels(labels if image.ndim == 3 else labels[0], name=name,
@@ -432,10 +427,10 @@ class FinetuneWidget(QWidget):
             self.reference = None
             self.refresh_corrections(save=False)
             return
-        data = _volume(layer.data)
+        data = as_slices(layer.data)
         saved = layer.metadata.get(PREDICTION_KEY)
         if saved is not None and np.shape(saved) in (data.shape, data.shape[1:]):
-            self.reference, self.reference_name = _volume(saved), "model's prediction"
+            self.reference, self.reference_name = as_slices(saved), "model's prediction"
         else:
             _, _, prediction, _ = (self.project.load_corrections() if self.project
                                    else (None, None, None, None))
@@ -489,7 +484,7 @@ class FinetuneWidget(QWidget):
             self.corrections.detected = []
         else:
             try:
-                self.corrections.detected = detect_corrected(_volume(layer.data), self.reference)
+                self.corrections.detected = detect_corrected(as_slices(layer.data), self.reference)
             except ValueError:  # e.g. a 4D Labels layer: start() says what is wrong
                 self.corrections.detected = []
         plan = self._show_plan()
@@ -515,7 +510,7 @@ class FinetuneWidget(QWidget):
             return  # labels of another shape would overwrite the image's saved corrections
         try:
             self.project.save_corrections(
-                _volume(layer.data), self.corrections,
+                as_slices(layer.data), self.corrections,
                 None if self._reference_saved else self.reference, labels_layer=layer.name)
             self._reference_saved = True
         except (OSError, ValueError) as exc:
@@ -530,7 +525,7 @@ class FinetuneWidget(QWidget):
         k = self.current_slice()
         self.corrections.mark(k, kind)
         if kind == "negative":
-            _volume(layer.data)[k] = 0
+            as_slices(layer.data)[k] = 0
             layer.refresh()
         self.refresh_corrections()
 
@@ -584,18 +579,26 @@ class FinetuneWidget(QWidget):
             show_warning(warning)
         if self._ensure_project() is None:
             return None
+        return self._launch("fine-tuning", "fine-tuning",
+                            lambda net: self._start_training(image, labels, plan, net, sync))
+
+    def _launch(self, what: str, doing: str, start: Callable[[Any], Any]) -> Any:
+        """Load the current model, take the run lock for ``what`` and return ``start(net)`` (a
+        napari worker, or None after a ``sync`` run); :meth:`_on_finished` gives the lock back,
+        at once if ``start`` fails. None, after telling the user why, when nothing started."""
         net = self._model_or_report()
-        token = busy.try_acquire("fine-tuning") if net is not None else None
+        if net is None:
+            return None
+        token = busy.try_acquire(what)
         if token is None:
-            if net is not None:
-                show_error(busy.refusal("fine-tuning"))
+            show_error(busy.refusal(doing))
             return None
         self._token = token  # released by _on_finished
         try:
-            return self._start_training(image, labels, plan, net, sync)
+            return start(net)
         except Exception as exc:  # GUI boundary: it never started, so let go of the run lock
             self._on_finished()
-            show_error(f"Could not start fine-tuning: {exc}")
+            show_error(f"Could not start {doing}: {exc}")
             return None
 
     def _start_training(self, image: Image, labels: Labels, plan: SlicePlan, net: Any,
@@ -612,7 +615,7 @@ class FinetuneWidget(QWidget):
         self._stop.clear()
         self._set_running(True)
         self._status.value = "starting…"
-        args = (_volume(image.data), np.array(_volume(labels.data), copy=True), plan.train,
+        args = (as_slices(image.data), np.array(as_slices(labels.data), copy=True), plan.train,
                 plan.validation, net, config)
         kwargs = {"negatives": self.corrections.negatives, "should_stop": self._stop.is_set,
                   "project": self.project, "parent": self.project.current_version}
@@ -702,24 +705,13 @@ class FinetuneWidget(QWidget):
         if busy.running():
             show_error(busy.refusal("segmenting"))
             return None
-        net = self._model_or_report()
-        token = busy.try_acquire(f"segmenting '{image.name}'") if net is not None else None
-        if token is None:
-            if net is not None:
-                show_error(busy.refusal("segmenting"))
-            return None
-        self._token = token  # released by _on_finished
-        try:
-            return self._start_segmenting(image, net, sync)
-        except Exception as exc:  # GUI boundary: it never started, so let go of the run lock
-            self._on_finished()
-            show_error(f"Could not start segmenting: {exc}")
-            return None
+        return self._launch(f"segmenting '{image.name}'", "segmenting",
+                            lambda net: self._start_segmenting(image, net, sync))
 
     def _start_segmenting(self, image: Image, net: Any, sync: bool) -> Any:
         from ..segment import iter_segment
 
-        volume = _volume(image.data)
+        volume = as_slices(image.data)
         version = self.project.current_version if self.project else "model"
         self._progress.max, self._progress.value = volume.shape[0], 0
         self._set_running(True)
@@ -763,8 +755,8 @@ class FinetuneWidget(QWidget):
         record: dict[str, Any] = {"layer": layer, "version": version, "validation": validation}
         text = f"'{layer.name}' added"
         if (validation and truth_layer is not None and self.reference is not None
-                and self.reference.shape == labels.shape == _volume(truth_layer.data).shape):
-            truth = _volume(truth_layer.data)
+                and self.reference.shape == labels.shape == as_slices(truth_layer.data).shape):
+            truth = as_slices(truth_layer.data)
             before = evaluate(self.reference, truth, validation)["per_slice_mean"]["dice"]
             after = evaluate(labels, truth, validation)["per_slice_mean"]["dice"]
             record.update(before=before, after=after)
@@ -782,7 +774,7 @@ class FinetuneWidget(QWidget):
         if truth_layer is None:
             self._readout.value = ""
             return
-        truth = _volume(truth_layer.data)
+        truth = as_slices(truth_layer.data)
         k = self.current_slice()
         if k >= truth.shape[0]:
             return

@@ -72,7 +72,7 @@ from ..review import (
     shapes_to_rows,
     stats_from_layers,
 )
-from .navigation import show_slice, shown_slice
+from .navigation import as_slices, show_slice, shown_slice
 
 if TYPE_CHECKING:
     import napari
@@ -80,11 +80,6 @@ if TYPE_CHECKING:
 NEXT_KEY, PREVIOUS_KEY = "J", "K"
 COLUMNS = ("rank", "slice", "score", "reason", "mark")
 STANDS_OUT = 3.0  # a score this high is about 3 robust standard deviations off in one component
-
-
-def _volume(data: Any) -> np.ndarray:
-    arr = np.asarray(data)
-    return arr[None] if arr.ndim == 2 else arr
 
 
 class _ViewerHooks:
@@ -449,7 +444,7 @@ class ReviewWidget(QWidget):
         if layer is None:
             show_error("Choose the mask layer (the model's output) first.")
             return None
-        data = _volume(layer.data)
+        data = as_slices(layer.data)
         stats = layer.metadata.get(STATS_KEY)
         source = "model scores"
         if stats is None or len(stats) != data.shape[0]:
@@ -491,10 +486,10 @@ class ReviewWidget(QWidget):
         layer = self.labels_layer
         if layer is None:
             return None
-        shape = _volume(layer.data).shape
+        shape = as_slices(layer.data).shape
         saved = layer.metadata.get(PREDICTION_KEY)
-        if saved is not None and _volume(saved).shape == shape:
-            return _volume(saved)
+        if saved is not None and as_slices(saved).shape == shape:
+            return as_slices(saved)
         if self.project is not None:
             _, _, prediction, _ = self.project.load_corrections()
             if prediction is not None and prediction.shape == shape:
@@ -531,7 +526,7 @@ class ReviewWidget(QWidget):
             show_error("Choose the mask layer and score the slices first.")
             return None
         version = layer.metadata.get("roiseg_version") or self.project.current_version
-        record = history.record(k, pred[k], _volume(layer.data)[k], self._boxes_of(k),
+        record = history.record(k, pred[k], as_slices(layer.data)[k], self._boxes_of(k),
                                 version=version)
         show_info(f"slice {k}: correction recorded (dice of the model's mask vs yours "
                   f"{record['dice']:.3f})")
@@ -543,7 +538,7 @@ class ReviewWidget(QWidget):
         if layer is None or pred is None or self._ensure_history() is None:
             return []
         done = self.history.latest_by_slice()
-        new = [k for k in detect_corrected(_volume(layer.data), pred) if k not in done]
+        new = [k for k in detect_corrected(as_slices(layer.data), pred) if k not in done]
         for k in new:
             self.record_slice(k)
         self._show_queue()
@@ -570,7 +565,7 @@ class ReviewWidget(QWidget):
         widget's ``corrections/labels.tif``) when there is one, else the mask layer's slice
         when it was corrected in that layer (differs from its prediction), else the fix kept
         in the correction history, else the mask layer's slice."""
-        data = _volume(self.labels_layer.data)
+        data = as_slices(self.labels_layer.data)
         _, planes, _, saved = self.project.load_corrections()
         if tuple(saved.get("shape") or ()) != data.shape:
             planes = {}  # corrections of another volume
@@ -594,7 +589,7 @@ class ReviewWidget(QWidget):
         history, layer, image = self._ensure_history(), self.labels_layer, self.image_layer
         if history is None or layer is None or image is None:
             return []
-        volume, data = _volume(image.data), _volume(layer.data)
+        volume, data = as_slices(image.data), as_slices(layer.data)
         if volume.shape != data.shape:
             show_error(f"'{layer.name}' {data.shape} is not a mask of '{image.name}' "
                        f"{volume.shape}: choose the image's mask layer")
@@ -667,7 +662,7 @@ class ReviewWidget(QWidget):
 
         from ..segment import result_boxes
 
-        volume = _volume(image.data)
+        volume = as_slices(image.data)
         k = self.current_slice()
         images = normalize_slices(np.asarray(volume[[k]]), intensity_range(volume))
         current = self.project.current_version
