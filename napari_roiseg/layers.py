@@ -39,6 +39,7 @@ __all__ = [
     "add_boxes_layer",
     "add_result_layers",
     "append_boxes",
+    "as_slices",
     "box_features",
     "box_rectangles",
     "filter_boxes",
@@ -209,6 +210,12 @@ def set_boxes(layer: Any, boxes: Any) -> None:
     _set_box_features(layer, box_features(rows))
 
 
+def as_slices(data: Any) -> np.ndarray:
+    """Layer data (or a mask) as ``(S, H, W)``: a 2D one is one slice. Not copied."""
+    arr = np.asarray(data)
+    return arr[None] if arr.ndim == 2 else arr
+
+
 def append_boxes(layer: Any, boxes: Any) -> None:
     """Add ``boxes`` to the shapes of ``layer`` (made by :func:`add_boxes_layer`), keeping the
     ones it has: only the new rectangles are triangulated, which is what lets a volume run draw
@@ -257,7 +264,7 @@ def add_result_layers(viewer: Any, image_layer: Any, labels: np.ndarray, boxes: 
     labels = np.array(labels, dtype=np.uint8, copy=True)  # painting must not change the caller's array
     prediction = labels.copy()  # the layer's own data changes as the annotator paints
     prediction.flags.writeable = False
-    metadata = {PREDICTION_KEY: prediction[None] if prediction.ndim == 2 else prediction}
+    metadata = {PREDICTION_KEY: as_slices(prediction)}
     if stats is not None:
         metadata[STATS_KEY] = np.asarray(stats)
     rows = filter_boxes(boxes, score_threshold, top_k)

@@ -51,9 +51,9 @@ from ..finetune import (
     iter_finetune,
 )
 from ..history import locked_plan, locked_slices, route_new_version
-from ..layers import transform_kwargs
+from ..layers import as_slices, transform_kwargs
 from ..project import Project, default_project_folder
-from .navigation import as_slices, show_slice, shown_slice
+from .navigation import show_slice, shown_slice
 from .plot import HistoryCanvas
 
 if TYPE_CHECKING:

@@ -1,5 +1,4 @@
-"""Which slice of a layer the viewer shows, showing one, and a layer's data as slices: shared
-by the dock widgets.
+"""Which slice of a layer the viewer shows, and showing one: shared by the dock widgets.
 
 Slices are data indices along the layer's first axis; the viewer works in world coordinates, so
 both directions go through the layer's scale and translation.
@@ -27,9 +26,3 @@ def show_slice(viewer: Any, layer: Any, k: int) -> None:
         viewer.dims.set_point(0, layer.data_to_world((k, 0, 0))[0])
     else:
         viewer.dims.set_current_step(0, int(k))
-
-
-def as_slices(data: Any) -> np.ndarray:
-    """Layer data as ``(S, H, W)`` (a 2D layer is one slice), not copied."""
-    arr = np.asarray(data)
-    return arr[None] if arr.ndim == 2 else arr

@@ -61,6 +61,7 @@ from ..layers import (
     PREDICTION_KEY,
     STATS_KEY,
     add_boxes_layer,
+    as_slices,
     set_boxes,
     transform_kwargs,
 )
@@ -72,7 +73,7 @@ from ..review import (
     shapes_to_rows,
     stats_from_layers,
 )
-from .navigation import as_slices, show_slice, shown_slice
+from .navigation import show_slice, shown_slice
 
 if TYPE_CHECKING:
     import napari
