@@ -456,12 +456,14 @@ class SegmentWidget(Container):
         try:
             return self._start_volume(prepared, sync)
         except Exception as exc:  # GUI boundary: the run never started, so let go of it all
-            self._abandon_run()
+            self._end_run(self._run)
             show_error(f"Could not start segmenting {name}: {exc}")
             return None
 
-    def _abandon_run(self) -> None:
-        run, self._run, self.worker = self._run, None, None
+    def _end_run(self, run: VolumeRun | None) -> None:
+        """Let go of everything a volume run holds (the run lock, the GC freeze, napari's
+        activity bar, hidden score text, disabled controls), whether it ran or never started."""
+        self._run, self.worker = None, None
         if run is not None:
             self._unfreeze(run)
             self._box_text(run.session, True)
@@ -626,17 +628,9 @@ class SegmentWidget(Container):
 
     def _complete(self, run: VolumeRun) -> None:
         """The run is over: show the boxes' scores, let go of the run lock, say how it ended."""
-        self._run, self.worker = None, None
-        self._unfreeze(run)
-        if self._token is not None:
-            self._token.release()
-            self._token = None
+        self._end_run(run)
         self.last_run = run
-        if run.pbar is not None:
-            run.pbar.close()
         run.session.layers.set_stats(run.session.result.stats)  # for the Review widget
-        self._box_text(run.session, True)
-        self._set_running(False)
         if run.error:
             state = "failed"
         elif run.cancelled and run.done < run.total:
