@@ -374,11 +374,10 @@ def finetune(
                          on_progress=on_progress)
 
 
-def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any, steps: int,
-              **kw: Any) -> nn.Module:
-    validation, negatives, project = kw["validation"], kw["negatives"], kw["project"]
-    lr, batch_size, epochs, augment = kw["lr"], kw["batch_size"], kw["epochs"], kw["augment"]
-    seed, device, on_progress = kw["seed"], kw["device"], kw["on_progress"]
+def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any, steps: int, *,
+              validation: Sequence[int] | None, negatives: Sequence[int], lr: float,
+              batch_size: int, epochs: float | None, augment: bool, project: Any, device: str,
+              seed: int, on_progress: Callable[[Any], None] | None) -> nn.Module:
     labels_arr = _as_array(labels)
     if labels_arr.ndim == 2:
         labels_arr = labels_arr[None]
