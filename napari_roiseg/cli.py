@@ -96,7 +96,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import run_comparison
 
     run_comparison(train_seeds=args.train_seeds, test_seeds=args.test_seeds, slices=args.slices,
-                   steps=args.steps, archs=args.archs, out=args.out, quiet=args.quiet)
+                   steps=args.steps, archs=args.archs, out=args.out, quiet=args.quiet,
+                   losses=args.losses, val_seeds=args.val_seeds)
     return 0
 
 
@@ -174,7 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--test-seeds", type=_seeds, default=_seeds("100-102"))
     c.add_argument("--slices", type=int, default=64, help="slices per phantom volume")
     c.add_argument("--steps", type=int, default=300, help="training steps for every method")
-    c.add_argument("--archs", default="rpn_fcn,fcn32s,fcn_nopool5,unet")
+    c.add_argument("--val-seeds", type=_seeds, default=_seeds("50-51"),
+                   help="phantoms that pick each method's loss and ROI filter")
+    c.add_argument("--archs", default="rpn_fcn_paper,rpn_fcn,fcn32s,fcn_nopool5,unet",
+                   help="methods: rpn_fcn_paper, rpn_fcn (ROI refinement head), fcn32s, "
+                        "fcn_nopool5, unet")
+    c.add_argument("--losses", default="ce,dice_ce",
+                   help="every method is trained with each; the best on validation is shown")
     c.add_argument("--out", default=None, help="folder for table.md and results.json")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_compare)

@@ -95,7 +95,7 @@ class TrainingHistory:
             self.loss_steps.append(record.step)
             self.loss.append(float(sum(record.losses.values())))
         if record.metrics:
-            m = record.metrics["per_slice_mean"]
+            m = record.metrics["pooled"]  # what the weights are picked by (src_model.train)
             if record.step == 0 and self.before is None:
                 self.before = {k: float(m[k]) for k in ("dice", "precision", "recall")}
             if self.metric_steps and self.metric_steps[-1] == record.step:

@@ -264,7 +264,7 @@ class CorrectionHistory:
 
     def version_metrics(self, name: str, model: Any = None, device: str = "auto") -> dict[str, Any]:
         """Locked-set scores of version ``name`` (computed once, then cached): ``dice``,
-        ``precision``, ``recall`` (per-slice mean), ``per_slice_dice`` and ``n``."""
+        ``precision``, ``recall`` (pooled), ``per_slice_dice`` and ``n``."""
         cached = self.state["version_metrics"].get(name)
         if cached is not None:
             return copy.deepcopy(cached)
@@ -332,17 +332,18 @@ class CorrectionHistory:
 
 def evaluate_model(model: Any, images: np.ndarray, truth: np.ndarray,
                    device: str = "auto") -> dict[str, Any]:
-    """Per-slice mean dice / precision / recall of ``model`` on normalised ``images`` (n, H, W)
-    against ``truth``; plus ``per_slice_dice`` and ``n``."""
+    """Pooled dice / precision / recall (all pixels of the set together, so empty slices cannot
+    win it) of ``model`` on normalised ``images`` (n, H, W) against ``truth``; plus
+    ``per_slice_dice`` and ``n``. Training picks its weights by the same pooled dice."""
     from src_model.metrics import evaluate_masks
     from src_model.predict import predict
 
     results = predict(model, images, batch_size=4, device=device, normalize=False)
     pred = np.stack([r["mask"] for r in results])
     m = evaluate_masks(pred, truth)
-    mean = m["per_slice_mean"]
-    return {"dice": float(mean["dice"]), "precision": float(mean["precision"]),
-            "recall": float(mean["recall"]), "n": len(images),
+    pooled = m["pooled"]
+    return {"dice": float(pooled["dice"]), "precision": float(pooled["precision"]),
+            "recall": float(pooled["recall"]), "n": len(images),
             "per_slice_dice": [float(v) for v in m["per_slice"]["dice"]]}
 
 

@@ -3,8 +3,9 @@
 Prints one table, every number measured in this run:
 
 * the paper's fc6 (512 -> 4096, 7x7, no padding) on the conv5_3 grid the paper preset's backbone
-  gives for a 367x192 slice (computed from the backbone, not assumed), and a 3x3 512 -> 512
-  (padding 1) layer at the full 367x192 resolution;
+  gives for a 367x192 slice (computed from the backbone, not assumed), a 3x3 512 -> 512
+  (padding 1) layer at the full 367x192 resolution, and the refinement head's three 3x3 decoder
+  layers (strides 8, 4, 2) at their own grids;
 * at 1 %, 5 %, 20 %, 50 % coverage (fraction of active output cells; random boxes placed until
   each image hits the target), batch 1 and 8;
 * forward (no_grad) and forward+backward (input, weight and bias gradients), median of repeats,
@@ -63,6 +64,25 @@ def conv5_grid(cfg) -> tuple[int, int]:
         image = pad_to_multiple(torch.empty(1, 1, *SLICE), int(backbone.geometry.stride))
         features = backbone(image)
     return int(features.shape[-2]), int(features.shape[-1])
+
+
+def decoder_shapes(div: int) -> list[tuple]:
+    """The refinement head's 3x3 ROI convolutions (``decoder_channels=(64, 32, 16)`` on the fast
+    backbone, its default) at their grids for a 367x192 slice: (name, C_in, C_out, k, pad, grid)."""
+    cfg = get_preset("fast", decoder_channels=(64, 32, 16))
+    with torch.device("meta"):
+        backbone = VGG16Backbone(cfg.width_divisor, cfg.conv1_padding, cfg.ceil_mode)
+    skips = backbone.skip_geometry()
+    padded = [-(-n // 16) * 16 for n in SLICE]
+    out, previous = [], cfg.fc7_channels
+    for i, channels in enumerate(cfg.decoder_channels):
+        stride = 16 // 2 ** (i + 1)
+        cin = (previous + skips[stride][0]) // div
+        grid = (padded[0] // stride, padded[1] // stride)
+        out.append((f"dec s{stride} {cin}->{channels // div} 3x3 on {grid[0]}x{grid[1]}", cin,
+                    max(1, channels // div), 3, 1, grid))
+        previous = channels
+    return out
 
 
 def coverage_mask(n: int, size: tuple[int, int], target: float, gen: torch.Generator) -> Tensor:
@@ -195,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--channel-divisor", type=int, default=None,
                     help="divide all channel counts (default 1; --quick: 8)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed calls (default 1)")
-    ap.add_argument("--layers", nargs="+", default=["fc6", "3x3"], choices=("fc6", "3x3"))
+    ap.add_argument("--layers", nargs="+", default=["fc6", "3x3", "dec8", "dec4", "dec2"],
+                    choices=("fc6", "3x3", "dec8", "dec4", "dec2"))
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--coverages", type=float, nargs="+", default=list(COVERAGES))
     ap.add_argument("--dense-every-row", action="store_true")
@@ -239,7 +260,9 @@ def main(argv: list[str] | None = None) -> None:
         (f"3x3 {512 // div}->{512 // div} p1 on {SLICE[0]}x{SLICE[1]}", 512 // div, 512 // div,
          3, 1, SLICE),
     ]
-    shapes = [sh for sh, key in zip(shapes, ("fc6", "3x3")) if key in args.layers]
+    shapes += decoder_shapes(div)
+    keys = ("fc6", "3x3", "dec8", "dec4", "dec2")
+    shapes = [sh for sh, key in zip(shapes, keys) if key in args.layers]
     gen = torch.Generator().manual_seed(0)
     header = (f"{'layer':<34} {'batch':>5} {'cover':>6} {'auto->':>7} | {'fwd dense':>10} "
               f"{'sparse':>9} {'auto':>9} {'sp x':>6} {'auto x':>6} | {'f+b dense':>10} "

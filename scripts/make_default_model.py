@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from napari_roiseg.compare import evaluate_model
+from napari_roiseg.compare import evaluate_model, tune_test_rois
 from napari_roiseg.train_job import load_source, train_model, validation_arrays
 from src_model.checkpoint import save_checkpoint
 from src_model.config import get_preset
@@ -25,27 +25,6 @@ from src_model.model import build_model
 from src_model.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tune_test_rois(model, val, thresholds=(0.0, 0.5, 0.8, 0.9, 0.95), top_ks=(None, 10, 3, 1)):
-    """Pick the test-time ROI filter (RPN score threshold, top-k) with the best validation dice.
-
-    The paper feeds all post-NMS proposals to the ROI convolution; on a small object most of those
-    are background, so the shipped default filters them. Chosen on the validation volume only.
-    """
-    from napari_roiseg.segment import segment_array
-    from src_model.metrics import evaluate_masks
-
-    images, truth = val  # raw volume slices (uint8) and their labels
-    table = []
-    for thr in thresholds:
-        for k in top_ks:
-            pred = segment_array(images, model, score_threshold=thr, top_k=k).labels
-            m = evaluate_masks(pred, truth)
-            table.append({"score_threshold": thr, "top_k": k,
-                          "dice": m["per_slice_mean"]["dice"], "pooled_dice": m["pooled"]["dice"]})
-    best = max(table, key=lambda r: (r["dice"], r["pooled_dice"]))
-    return best["score_threshold"], best["top_k"], table
 
 
 def main() -> None:
@@ -109,7 +88,7 @@ def main() -> None:
 def _finish(args, model, meta, val, test) -> None:
     """Tune the test-time ROI filter on validation, test on held-out volumes, save."""
     model.eval()
-    thr, k, table = tune_test_rois(model, val)
+    thr, k, table = tune_test_rois(model, *val)
     model.config = model.config.replace(test_score_threshold=thr, test_top_k=k)
     meta["roi_filter"] = {"chosen": {"score_threshold": thr, "top_k": k}, "validation": table}
     t1 = time.perf_counter()

@@ -78,8 +78,21 @@ class VGG16Backbone(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """``Tensor[N, 1 or 3, H, W]`` in [0, 1] -> ``Tensor[N, out_channels, h, w]``."""
+    def skip_geometry(self) -> dict[int, tuple[int, GridGeometry]]:
+        """The block outputs a decoder can fuse: ``{stride: (channels, geometry)}`` for the last
+        ReLU of every block before a pool (conv1_2 at stride 1, conv2_2 at 2, conv3_3 at 4,
+        conv4_3 at 8)."""
+        out: dict[int, tuple[int, GridGeometry]] = {}
+        channels = 3
+        for i, layer in enumerate(self.features):
+            if isinstance(layer, nn.Conv2d):
+                channels = layer.out_channels
+            if isinstance(layer, nn.MaxPool2d):
+                geometry = sequential_geometry(self.features[:i])
+                out[int(geometry.stride)] = (channels, geometry)
+        return out
+
+    def _normalise(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(
                 "expected images Tensor[N, 1, H, W] (grayscale in [0, 1]); "
@@ -89,8 +102,32 @@ class VGG16Backbone(nn.Module):
         # channels_last: oneDNN's convolutions and pools run 2-10x faster on CPU in this layout
         # (measured: 18 ms vs 33-180 ms for the fast preset's backbone on 2 cores); the layout
         # propagates to every later layer and changes no value.
-        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        return self.features(x)
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+    def forward_with_skips(
+        self, images: Tensor, strides: tuple[int, ...]
+    ) -> tuple[Tensor, dict[int, Tensor]]:
+        """Like :meth:`forward`, plus the block outputs at ``strides`` (see
+        :meth:`skip_geometry`) as ``{stride: Tensor[N, C_s, h_s, w_s]}``."""
+        wanted = set(strides)
+        skips: dict[int, Tensor] = {}
+        x = self._normalise(images)
+        stride = 1
+        for layer in self.features:
+            if isinstance(layer, nn.MaxPool2d):
+                if stride in wanted:
+                    skips[stride] = x
+                stride *= 2
+            x = layer(x)
+        missing = wanted - set(skips)
+        if missing:
+            raise ValueError(f"no skip features at strides {sorted(missing)}; available: "
+                             f"{sorted(self.skip_geometry())}")
+        return x, skips
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``Tensor[N, 1 or 3, H, W]`` in [0, 1] -> ``Tensor[N, out_channels, h, w]``."""
+        return self.features(self._normalise(images))
 
 
 def _read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:

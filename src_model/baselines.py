@@ -19,7 +19,7 @@ from .backbone import VGG16Backbone
 from .config import ModelConfig
 from .contract import check_images, check_targets, eval_outputs, pad_to_multiple
 from .head import FCNHead
-from .losses import seg_loss_all_pixels
+from .losses import seg_loss
 
 __all__ = ["FCN", "FCN32s", "FCNNoPool5", "UNet", "build_baseline"]
 
@@ -51,7 +51,7 @@ class _SegOnly(nn.Module):
             return eval_outputs(logits)
         assert targets is not None
         masks = torch.stack([t["masks"] for t in targets]).to(logits.device)
-        return {"loss_seg": seg_loss_all_pixels(logits, masks)}
+        return {"loss_seg": seg_loss(logits, masks, None, self.config.seg_loss)}
 
 
 class FCN(_SegOnly):

@@ -17,6 +17,7 @@ from typing import Any
 __all__ = ["ARCHS", "ModelConfig", "PRESETS", "get_preset"]
 
 ARCHS = ("rpn_fcn", "fcn32s", "fcn_nopool5", "unet")
+SEG_LOSSES = ("ce", "dice_ce")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,12 @@ class ModelConfig:
         ``ceil_mode``: pooling rounds sizes up (Caffe's rule, used by the authors).
     Head (fc6 -> fc7 -> score -> x16 transposed conv; fc6 is the ROI convolution in rpn_fcn)
         ``fc6_kernel`` / ``fc6_padding`` / ``fc6_channels``, ``fc7_channels``, ``dropout``.
+        ``decoder_channels``: empty = the paper's head (score at stride 16, one x16 transposed
+        conv); otherwise ``src_model.refine_head.RoiRefineHead``, one ROI-conv decoder level per
+        entry at strides 8, 4, 2(, 1), fusing the backbone's block outputs (rpn_fcn only).
+    Loss
+        ``seg_loss``: "ce" (the paper: pixel cross-entropy) or "dice_ce" (cross-entropy + soft
+        Dice of the foreground), both over the ROI union (rpn_fcn) or all pixels (baselines).
     RPN (torchvision's RegionProposalNetwork)
         ``anchor_sizes`` (px, square side before aspect ratios), ``aspect_ratios`` (height/width),
         ``rpn_*``: IoU thresholds, sampled anchors per image, NMS, pre/post-NMS top-n.
@@ -52,6 +59,8 @@ class ModelConfig:
     fc6_channels: int = 4096
     fc7_channels: int = 4096
     dropout: float = 0.5
+    decoder_channels: tuple[int, ...] = ()
+    seg_loss: str = "ce"
     # RPN
     anchor_sizes: tuple[int, ...] = (128, 256, 512)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -77,6 +86,7 @@ class ModelConfig:
         # JSON round trips turn tuples into lists; normalise so equality and hashing work.
         object.__setattr__(self, "anchor_sizes", tuple(int(s) for s in self.anchor_sizes))
         object.__setattr__(self, "aspect_ratios", tuple(float(r) for r in self.aspect_ratios))
+        object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
         problems = self._problems()
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
@@ -91,6 +101,12 @@ class ModelConfig:
             p.append("conv1_padding and fc6_padding must be >= 0")
         if self.fc6_kernel < 1 or self.fc6_channels < 1 or self.fc7_channels < 1:
             p.append("fc6_kernel, fc6_channels and fc7_channels must be >= 1")
+        if self.decoder_channels and (self.arch != "rpn_fcn" or len(self.decoder_channels) > 4
+                                      or min(self.decoder_channels) < 1):
+            p.append("decoder_channels (the refinement head) takes 1-4 positive channel counts "
+                     "and only arch 'rpn_fcn'")
+        if self.seg_loss not in SEG_LOSSES:
+            p.append(f"seg_loss {self.seg_loss!r} is not one of {', '.join(SEG_LOSSES)}")
         if not 0.0 <= self.dropout < 1.0:
             p.append(f"dropout {self.dropout} must be in [0, 1)")
         if not self.anchor_sizes or min(self.anchor_sizes) <= 0:
@@ -123,6 +139,7 @@ class ModelConfig:
         out = dataclasses.asdict(self)
         out["anchor_sizes"] = list(self.anchor_sizes)
         out["aspect_ratios"] = list(self.aspect_ratios)
+        out["decoder_channels"] = list(self.decoder_channels)
         return out
 
     @classmethod
@@ -176,6 +193,12 @@ _FAST = ModelConfig(
     fc6_padding=3,
     fc6_channels=256,
     fc7_channels=256,
+    # The paper's head scores at stride 16 and cannot draw a band 6-10 px thick; the ROI
+    # refinement head decodes inside the ROIs down to stride 2 (conv4_3, conv3_3, conv2_2 skips),
+    # and Dice + CE inside the ROIs stops background from dominating the loss. Both chosen by
+    # the ablation in docs/ablation_head.json (scripts/ablation_head.py).
+    decoder_channels=(64, 32, 16),
+    seg_loss="dice_ce",
     # The acetabulum covers ~0.3% of a 367x192 slice: boxes of roughly 10-60 px a side. The
     # authors' 128-512 px anchors would match it only through the RPN's low-quality matches.
     # 16/32/64 px (three octaves, the smallest equal to the stride so anchors tile the slice)
@@ -209,4 +232,6 @@ def get_preset(name: str, **overrides: Any) -> ModelConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     arch = overrides.get("arch", PRESETS[name].arch)
     changes = {**_ARCH_DEFAULTS.get((name, arch), {}), **overrides}
+    if arch != "rpn_fcn":  # the refinement head is RPN-FCN's; baselines keep their own heads
+        changes.setdefault("decoder_channels", ())
     return PRESETS[name].replace(**changes)

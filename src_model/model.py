@@ -15,7 +15,8 @@ from .backbone import VGG16Backbone
 from .config import ModelConfig
 from .contract import check_images, check_targets, eval_outputs, pad_to_multiple
 from .head import FCNHead
-from .losses import seg_loss_in_region
+from .refine_head import RoiRefineHead
+from .losses import seg_loss
 from .roi_conv import boxes_to_pixel_mask
 from .rpn import RoiSegRPN, build_rpn, select_test_rois, select_training_rois
 
@@ -30,7 +31,8 @@ class RPNFCN(nn.Module):
     * training: ``targets`` (one dict per image: ``boxes Tensor[K, 4]`` with K = 0 or 1,
       ``masks Tensor[H, W]`` int 0/1) -> ``{"loss_objectness", "loss_rpn_box_reg", "loss_seg"}``.
       ROIs = GT box + proposals with IoU >= ``roi_iou_thresh``; ``loss_seg`` is the pixel
-      cross-entropy inside their pixel union (0 for slices without object).
+      cross-entropy (+ soft Dice with ``seg_loss="dice_ce"``) inside their pixel union (0 for
+      slices without object).
     * eval: one dict per image: ``boxes Tensor[K, 4]`` (the ROIs used), ``scores Tensor[K]``
       (sigmoid objectness), ``probabilities Tensor[H, W]`` (foreground, 0 outside the ROIs),
       ``mask Tensor[H, W] uint8``. ROIs = all post-NMS proposals, filtered by ``score_threshold``
@@ -38,7 +40,8 @@ class RPNFCN(nn.Module):
     """
 
     def __init__(
-        self, backbone: VGG16Backbone, rpn: RoiSegRPN, head: FCNHead, config: ModelConfig
+        self, backbone: VGG16Backbone, rpn: RoiSegRPN, head: FCNHead | RoiRefineHead,
+        config: ModelConfig,
     ) -> None:
         super().__init__()
         self.backbone, self.rpn, self.head, self.config = backbone, rpn, head, config
@@ -57,7 +60,11 @@ class RPNFCN(nn.Module):
             check_targets(images, targets)
         size = (int(images.shape[-2]), int(images.shape[-1]))
         padded = pad_to_multiple(images, self.size_divisible)
-        features = self.backbone(padded)
+        strides = getattr(self.head, "skip_strides", ())
+        if strides:
+            features, skips = self.backbone.forward_with_skips(padded, strides)
+        else:
+            features, skips = self.backbone(padded), None
         image_list = ImageList(padded, [size] * images.shape[0])
         proposals, scores, losses = self.rpn(image_list, {"0": features}, targets)
         if self.training:
@@ -70,12 +77,13 @@ class RPNFCN(nn.Module):
             thr = self.config.test_score_threshold if score_threshold is None else score_threshold
             k = self.config.test_top_k if top_k is None else top_k
             rois, scores = select_test_rois(proposals, scores, thr, k)
-        logits = self.head(features, size, rois)
+        logits = (self.head(features, size, rois, skips) if skips is not None
+                  else self.head(features, size, rois))
         region = boxes_to_pixel_mask(rois, size).to(logits.device)
         if not self.training:
             return eval_outputs(logits, rois, scores, region)
         masks = torch.stack([t["masks"] for t in targets]).to(logits.device)
-        return {**losses, "loss_seg": seg_loss_in_region(logits, masks, region)}
+        return {**losses, "loss_seg": seg_loss(logits, masks, region, self.config.seg_loss)}
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -86,7 +94,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def _build_rpn_fcn(config: ModelConfig) -> RPNFCN:
     backbone = VGG16Backbone(config.width_divisor, config.conv1_padding, config.ceil_mode)
     rpn = build_rpn(config, backbone.out_channels, backbone.geometry)
-    head = FCNHead.from_config(config, backbone)
+    head: FCNHead | RoiRefineHead = (
+        RoiRefineHead.from_config(config, backbone) if config.decoder_channels
+        else FCNHead.from_config(config, backbone))
     return RPNFCN(backbone, rpn, head, config)
 
 

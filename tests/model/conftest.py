@@ -21,6 +21,10 @@ TINY_OVERRIDES = dict(
     unet_depth=3,
     rpn_post_nms_top_n_train=200,
     rpn_post_nms_top_n_test=50,
+    # The paper's head and loss: the contract tests below run on it; tests/model/
+    # test_refine_head.py covers the refinement head (tiny_config(decoder_channels=...)).
+    decoder_channels=(),
+    seg_loss="ce",
 )
 
 

@@ -62,6 +62,7 @@ def test_presets_are_the_papers_and_a_small_one():
 
 
 def test_fast_preset_parameter_budget():
-    # The shipped default checkpoint must stay < ~20 MB (float32): about <= 3 M parameters.
+    # The shipped default checkpoint must stay < ~20 MB (float32): about <= 3.2 M parameters
+    # (the refinement decoder adds 0.26 M to the paper head's 2.75 M).
     n = count_parameters(build_model(get_preset("fast")))
-    assert 2_000_000 < n <= 3_000_000
+    assert 2_000_000 < n <= 3_200_000

@@ -28,7 +28,10 @@ def test_backbone_geometry_values(conv1_padding, ceil_mode, pool5, expected):
 
 
 def test_head_geometry_and_crop_of_the_presets():
-    fast = build_model(get_preset("fast", width_divisor=16, fc6_channels=8, fc7_channels=8))
+    fast = build_model(get_preset("fast", width_divisor=16, fc6_channels=8, fc7_channels=8,
+                                  decoder_channels=()))
+    refine = build_model(get_preset("fast", width_divisor=16, fc6_channels=8, fc7_channels=8))
+    assert (refine.head.geometry, refine.head.skip_strides) == (GridGeometry(16, 8.0), (8, 4, 2))
     paper_like = build_model(get_preset("paper", width_divisor=16, fc6_channels=8, fc7_channels=8))
     assert (fast.head.geometry, fast.head.crop) == (GridGeometry(16, 8.0), 8)
     assert (paper_like.head.geometry, paper_like.head.crop) == (GridGeometry(16, 7.0), 9)

@@ -1,0 +1,200 @@
+"""ROI refinement head: the paper's fc6/fc7 at stride 16, then a U-Net-style decoder whose every
+layer is an ROI convolution, so the mask is drawn at stride 2 (or 1) and the cost still follows the
+ROI area.
+
+    conv5_3 --fc6 (7x7 ROI conv)--fc7 (1x1)--+                       stride 16
+                                              up x2, concat conv4_3 -> 3x3 ROI conv    stride 8
+                                              up x2, concat conv3_3 -> 3x3 ROI conv    stride 4
+                                              up x2, concat conv2_2 -> 3x3 ROI conv    stride 2
+                                              score (1x1 ROI conv) -> bilinear x2 -> crop
+
+Level ``s`` is active on the ROI union on its own grid (``boxes_to_cell_mask`` with stride ``s``
+and offset ``s / 2``); every layer at that level is :func:`src_model.roi_conv.roi_conv2d` with that
+mask, so it is exactly zero outside the union, gradients flow only from inside (Eq. 2), and the
+"sparse" path computes only the active cells. A slice without ROIs costs only the backbone and RPN.
+
+Why: the paper's head scores at stride 16 and up-samples x16 once, which cannot draw a band 6-10 px
+thick (``docs/ablation_head.json`` measures it). Geometry needs grids that nest (cell ``r`` at
+stride ``s`` covers pixels ``s*r .. s*r+s-1``): the fast preset's conv1_1 padding 1 and floor
+pooling; the paper preset's padding 50 does not nest and is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .geometry import GridGeometry, layer_geometry
+from .roi_conv import IMPLS, RoiConv2d, boxes_to_cell_mask, output_size
+
+__all__ = ["RoiRefineHead"]
+
+
+def _nests(geometry: GridGeometry) -> bool:
+    return math.isclose(geometry.offset, geometry.stride / 2.0)
+
+
+class RoiRefineHead(nn.Module):
+    """Scores per pixel from conv5_3 and the backbone's block outputs, inside the ROIs only.
+
+    Parameters
+    ----------
+    in_channels, in_geometry
+        conv5_3's channels and grid (``backbone.out_channels``, ``backbone.geometry``).
+    skips
+        ``backbone.skip_geometry()``: ``{stride: (channels, geometry)}`` of the block outputs.
+    decoder_channels
+        Output channels of the decoder levels, coarse to fine; level ``i`` runs at stride
+        ``16 / 2**(i + 1)`` (so 3 levels end at stride 2, 4 at stride 1).
+    fc6_kernel, fc6_padding, fc6_channels, fc7_channels, dropout
+        As in ``ModelConfig`` (fc6 must keep the grid: ``fc6_padding == fc6_kernel // 2``).
+    num_classes
+        2 (background, structure).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        in_geometry: GridGeometry,
+        skips: dict[int, tuple[int, GridGeometry]],
+        decoder_channels: tuple[int, ...],
+        fc6_kernel: int = 7,
+        fc6_padding: int = 3,
+        fc6_channels: int = 256,
+        fc7_channels: int = 256,
+        dropout: float = 0.5,
+        num_classes: int = 2,
+    ) -> None:
+        super().__init__()
+        self.geometry = layer_geometry(in_geometry, fc6_kernel, 1, fc6_padding)
+        self.skip_strides = tuple(
+            int(self.geometry.stride) // 2 ** (i + 1) for i in range(len(decoder_channels))
+        )
+        grids = [self.geometry] + [skips[s][1] for s in self.skip_strides if s in skips]
+        if (not decoder_channels or len(grids) != len(decoder_channels) + 1
+                or not all(_nests(g) for g in grids)):
+            raise ValueError(
+                f"the refinement head needs feature grids that nest (cell r at stride s covering "
+                f"pixels s*r..s*r+s-1) at strides {(16, *self.skip_strides)}; got "
+                f"{[(g.stride, g.offset) for g in grids]}. Use conv1_padding=1, ceil_mode=False "
+                "and fc6_padding = fc6_kernel // 2 (the fast preset), at most 4 decoder levels"
+            )
+        self.fc6 = RoiConv2d(in_channels, fc6_channels, fc6_kernel, padding=fc6_padding,
+                             impl="auto")
+        self.fc7 = RoiConv2d(fc6_channels, fc7_channels, 1, impl="auto")
+        self.drop6, self.drop7 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.decoder = nn.ModuleList()
+        previous = fc7_channels
+        for stride, channels in zip(self.skip_strides, decoder_channels):
+            self.decoder.append(
+                RoiConv2d(previous + skips[stride][0], channels, 3, padding=1, impl="auto"))
+            previous = channels
+        self.score = RoiConv2d(previous, num_classes, 1, impl="auto")
+        for conv in (self.fc6, self.fc7, *self.decoder):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+
+    @property
+    def roi_impl(self) -> str:
+        """How every ROI convolution is computed: "dense", "sparse" or "auto"."""
+        return self.fc6.impl
+
+    @roi_impl.setter
+    def roi_impl(self, value: str) -> None:
+        if value not in IMPLS:
+            raise ValueError(f"unknown roi_impl {value!r}; choose one of {', '.join(IMPLS)}")
+        for conv in (self.fc6, self.fc7, *self.decoder, self.score):
+            conv.impl = value
+
+    @classmethod
+    def from_config(cls, config, backbone) -> RoiRefineHead:
+        """The head a ``ModelConfig`` with ``decoder_channels`` describes, on ``backbone``."""
+        return cls(backbone.out_channels, backbone.geometry, backbone.skip_geometry(),
+                   config.decoder_channels, config.fc6_kernel, config.fc6_padding,
+                   config.fc6_channels, config.fc7_channels, config.dropout)
+
+    def cell_mask(self, features: Tensor, rois: list[Tensor]) -> Tensor:
+        """ROI union on the fc6 output grid: ``Tensor[N, 1, h16, w16] bool``."""
+        size = output_size(tuple(features.shape[-2:]), self.fc6)
+        mask = boxes_to_cell_mask(rois, size, self.geometry.stride, self.geometry.offset)
+        return mask.to(features.device)
+
+    def forward(
+        self,
+        features: Tensor,
+        image_size: tuple[int, int],
+        rois: list[Tensor] | None = None,
+        skips: dict[int, Tensor] | None = None,
+    ) -> Tensor:
+        """``Tensor[N, num_classes, H, W]`` logits, exactly 0 at cells outside the ROIs.
+
+        ``features`` is conv5_3 ``Tensor[N, C, h16, w16]`` of the padded batch, ``skips`` the
+        block outputs at ``self.skip_strides``, ``rois`` one ``Tensor[K_n, 4]`` per image (None:
+        the whole slice, i.e. a plain U-Net-style FCN).
+        """
+        if skips is None or any(s not in skips for s in self.skip_strides):
+            raise ValueError(f"the refinement head needs skip features at strides "
+                             f"{self.skip_strides} (backbone.forward_with_skips)")
+        if rois is None:  # whole-slice: one box covering the padded input
+            s = self.geometry.stride
+            whole = [[0.0, 0.0, features.shape[-1] * s, features.shape[-2] * s]]
+            rois = [features.new_tensor(whole)] * features.shape[0]
+        mask = self.cell_mask(features, rois)
+        h, w = int(image_size[0]), int(image_size[1])
+        logits = features.new_zeros((features.shape[0], self.score.out_channels, h, w))
+        window = _active_window(mask)
+        if window is None:  # no ROI in the batch: nothing to draw, the decoder never runs
+            return logits + 0.0 * self.score.bias.sum()  # keeps the graph for backward
+        x = self.drop6(F.relu(self.fc6(features, mask)))
+        x = self.drop7(F.relu(self.fc7(x, mask)))
+        # The decoder runs on the window only: fine cells nest in coarse ones, so every active
+        # cell of a finer level lies inside the scaled window, and the one-cell halo holds every
+        # input a 3x3 convolution at an active cell reads. Same numbers as the full grid.
+        r0, r1, c0, c1 = window
+        x = x[..., r0:r1, c0:c1]
+        top = int(self.geometry.stride)
+        for stride, conv in zip(self.skip_strides, self.decoder):
+            k = top // stride
+            skip = skips[stride][..., r0 * k:r1 * k, c0 * k:c1 * k]
+            cells = boxes_to_cell_mask(_shift(rois, c0 * top, r0 * top), tuple(skip.shape[-2:]),
+                                       stride, stride / 2.0).to(skip.device)
+            up = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = F.relu(conv(_cat(up, skip), cells))
+        x = self.score(x, cells)
+        finest = self.skip_strides[-1]
+        if finest > 1:
+            # align_corners=False puts input cell i at pixel s*i + s/2 - 0.5: the nesting grid.
+            x = F.interpolate(x, scale_factor=finest, mode="bilinear", align_corners=False)
+        y0, x0 = r0 * top, c0 * top
+        y1, x1 = min(h, y0 + x.shape[-2]), min(w, x0 + x.shape[-1])
+        logits[..., y0:y1, x0:x1] = x[..., : y1 - y0, : x1 - x0]
+        return logits
+
+
+def _active_window(mask: Tensor) -> tuple[int, int, int, int] | None:
+    """Rows ``r0:r1`` and columns ``c0:c1`` of the smallest rectangle holding every active cell
+    of the batch, grown by one cell (the halo a 3x3 convolution reads); None without any."""
+    rows, cols = mask.any(dim=3).any(dim=(0, 1)), mask.any(dim=2).any(dim=(0, 1))
+    if not bool(rows.any()):
+        return None
+    r = rows.nonzero()[:, 0]
+    c = cols.nonzero()[:, 0]
+    h, w = mask.shape[-2:]
+    return (max(0, int(r[0]) - 1), min(h, int(r[-1]) + 2),
+            max(0, int(c[0]) - 1), min(w, int(c[-1]) + 2))
+
+
+def _shift(rois: list[Tensor], dx: float, dy: float) -> list[Tensor]:
+    """Boxes moved into a window's coordinates (its top-left corner at ``(dx, dy)``)."""
+    offset = torch.tensor([dx, dy, dx, dy])
+    return [b - offset.to(b) for b in rois]
+
+
+def _cat(up: Tensor, skip: Tensor) -> Tensor:
+    """Channel concat in the skip's memory layout (the backbone runs channels_last)."""
+    return torch.cat([up.contiguous(memory_format=torch.channels_last), skip], dim=1)

@@ -1,0 +1,140 @@
+"""The ROI refinement head: exact against a full-grid reference, sparse == dense, zero outside the
+ROIs, empty batches, geometry it refuses, and the model it makes trains and predicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from src_model.backbone import VGG16Backbone
+from src_model.config import ModelConfig, get_preset
+from src_model.losses import seg_loss, soft_dice_loss
+from src_model.model import RPNFCN, build_model
+from src_model.refine_head import RoiRefineHead
+from src_model.roi_conv import boxes_to_cell_mask, boxes_to_pixel_mask
+
+from .conftest import gt_box, phantom_slice, tiny_config
+
+DECODER = (8, 8, 4)
+
+
+def _head_and_inputs(decoder=DECODER, n=2, size=(96, 80), seed=0):
+    torch.manual_seed(seed)
+    backbone = VGG16Backbone(width_divisor=16)
+    head = RoiRefineHead(backbone.out_channels, backbone.geometry, backbone.skip_geometry(),
+                         decoder, fc6_kernel=3, fc6_padding=1, fc6_channels=16,
+                         fc7_channels=16, dropout=0.0)
+    for p in head.parameters():  # the score starts at zero: give every layer a signal
+        torch.nn.init.normal_(p, std=0.2)
+    images = torch.rand(n, 1, *size)
+    features, skips = backbone.forward_with_skips(images, head.skip_strides)
+    return head, features, skips, size
+
+
+def _reference(head, features, skips, size, rois):
+    """The decoder on the whole grid: every layer a dense convolution masked to its level's ROI
+    cells (Eq. 1 literally), then bilinear up-sampling, then crop."""
+    top = int(head.geometry.stride)
+    mask = boxes_to_cell_mask(rois, tuple(features.shape[-2:]), top, top / 2)
+    x = F.relu(F.conv2d(features, head.fc6.weight, head.fc6.bias, padding=1)) * mask
+    x = F.relu(F.conv2d(x, head.fc7.weight, head.fc7.bias)) * mask
+    for stride, conv in zip(head.skip_strides, head.decoder):
+        skip = skips[stride]
+        mask = boxes_to_cell_mask(rois, tuple(skip.shape[-2:]), stride, stride / 2)
+        up = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+        x = F.relu(F.conv2d(torch.cat([up, skip], 1), conv.weight, conv.bias, padding=1)) * mask
+    x = F.conv2d(x, head.score.weight, head.score.bias) * mask
+    s = head.skip_strides[-1]
+    if s > 1:
+        x = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
+    return x[..., : size[0], : size[1]]
+
+
+ROIS = [
+    [torch.tensor([[20.0, 30.0, 44.0, 41.0]]), torch.tensor([[50.0, 10.0, 70.0, 25.0]])],
+    [torch.tensor([[3.0, 60.0, 15.0, 90.0], [40.0, 5.0, 52.0, 12.0]]), torch.zeros((0, 4))],
+    [torch.tensor([[0.0, 0.0, 80.0, 96.0]]), torch.tensor([[60.0, 70.0, 80.0, 96.0]])],
+]
+
+
+@pytest.mark.parametrize("rois", ROIS)
+@pytest.mark.parametrize("impl", ["dense", "sparse"])
+def test_window_path_equals_the_full_grid_reference_with_gradients(rois, impl):
+    head, features, skips, size = _head_and_inputs()
+    head.roi_impl = impl
+    feats = features.detach().requires_grad_(True)
+    skip_leaves = {s: t.detach().requires_grad_(True) for s, t in skips.items()}
+    got = head(feats, size, rois, skip_leaves)
+    want = _reference(head, feats, skip_leaves, size, rois)
+    region = boxes_to_pixel_mask(rois, size)[:, None]
+    # Inside the ROIs (where predictions and losses are read) the numbers are the reference's.
+    torch.testing.assert_close(got * region, want * region, atol=1e-5, rtol=1e-4)
+    g = torch.randn_like(got) * region
+    grads = torch.autograd.grad((got * g).sum(), [feats, *skip_leaves.values(),
+                                                  *head.parameters()])
+    ref = torch.autograd.grad((want * g).sum(), [feats, *skip_leaves.values(),
+                                                 *head.parameters()])
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_logits_are_exactly_zero_outside_the_roi_cells_and_without_rois():
+    head, features, skips, size = _head_and_inputs(decoder=(8, 8, 8, 4))  # ends at stride 1
+    rois = [torch.tensor([[20.0, 30.0, 44.0, 41.0]]), torch.zeros((0, 4))]
+    out = head(features, size, rois, skips)
+    region = boxes_to_pixel_mask(rois, size)
+    assert out.shape == (2, 2, *size)
+    assert (out[:, :, ~region[0]][0] == 0).all() and (out[1] == 0).all()
+    assert out[0][:, region[0]].abs().sum() > 0
+    empty = head(features, size, [torch.zeros((0, 4))] * 2, skips)
+    assert (empty == 0).all() and empty.requires_grad  # backward still works on an empty batch
+    empty.sum().backward()
+
+
+def test_the_paper_geometry_is_refused_with_what_would_work():
+    backbone = VGG16Backbone(width_divisor=16, conv1_padding=50, ceil_mode=True)
+    with pytest.raises(ValueError, match="conv1_padding=1"):
+        RoiRefineHead(backbone.out_channels, backbone.geometry, backbone.skip_geometry(),
+                      DECODER, fc6_kernel=7, fc6_padding=0)
+    with pytest.raises(ValueError, match="decoder_channels"):
+        get_preset("paper", arch="unet", decoder_channels=(8,))
+
+
+def test_model_with_refine_head_trains_predicts_and_round_trips_its_config():
+    torch.manual_seed(0)
+    cfg = tiny_config(decoder_channels=DECODER, seg_loss="dice_ce")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    model = build_model(cfg).train()
+    assert isinstance(model, RPNFCN) and isinstance(model.head, RoiRefineHead)
+    image, mask = phantom_slice(96, 80)
+    targets = [{"boxes": gt_box(mask), "masks": torch.from_numpy(mask)},
+               {"boxes": gt_box(np.zeros_like(mask)), "masks": torch.zeros_like(
+                   torch.from_numpy(mask))}]
+    losses = model(torch.from_numpy(np.stack([image] * 2))[:, None], targets)
+    assert losses["loss_seg"] > 0
+    sum(losses.values()).backward()
+    # The classifier starts at zero (FCN's habit), so the first gradient lands on it alone.
+    assert model.head.score.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, 67, 45), score_threshold=0.0, top_k=3)
+    assert out[0]["probabilities"].shape == (67, 45) and out[0]["mask"].dtype == torch.uint8
+
+
+def test_soft_dice_counts_the_region_only_and_is_zero_when_empty():
+    logits = torch.zeros(1, 2, 4, 4, requires_grad=True)  # foreground probability 0.5 everywhere
+    masks = torch.zeros(1, 4, 4, dtype=torch.long)
+    masks[0, :2, :2] = 1
+    region = torch.zeros(1, 4, 4, dtype=torch.bool)
+    region[0, :2] = True  # 8 pixels, 4 of them foreground
+    # 1 - (2 * 0.5 * 4 + 1) / (0.5 * 8 + 4 + 1) = 1 - 5 / 9
+    assert soft_dice_loss(logits, masks, region).item() == pytest.approx(4 / 9)
+    empty = soft_dice_loss(logits, masks, torch.zeros_like(region))
+    assert empty.item() == 0.0
+    empty.backward()
+    both = seg_loss(logits, masks, region, "dice_ce")
+    assert both.item() == pytest.approx(4 / 9 + np.log(2), rel=1e-6)
+    with pytest.raises(ValueError, match="seg_loss"):
+        seg_loss(logits, masks, region, "focal")
