@@ -23,13 +23,6 @@ from napari_roiseg.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, untrained_model) -> Path:
-    from src_model.checkpoint import save_checkpoint
-
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "m.pt", untrained_model())
-
-
 def write_volumes(folder: Path, n: int, slices: int = 2, shape=(48, 48)) -> list[Path]:
     """``n`` small random uint8 TIFF stacks ``v0.tif``..., different per index."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,18 +43,19 @@ def segment(*args: object) -> int:
     return main(["segment", *map(str, args), "--device", "cpu", "--quiet"])
 
 
-def test_several_inputs_get_a_folder_each_and_one_summary(tmp_path, ckpt):
+def test_several_inputs_get_a_folder_each_and_one_summary(tmp_path, untrained_checkpoint):
     a, b = write_volumes(tmp_path / "in", 2, slices=3)
     frames = tmp_path / "in" / "sweep"
     frames.mkdir()
     for k in range(2):
         tifffile.imwrite(frames / f"f{k}.tif", np.full((40, 40), 50 * k, np.uint8))
     out = tmp_path / "out"
-    assert segment(a, b, frames, "--out", out, "--model", ckpt) == 0
+    assert segment(a, b, frames, "--out", out, "--model", untrained_checkpoint) == 0
     rows = read_summary(out)
     assert list(rows[0]) == list(SUMMARY_COLUMNS)
     assert [r["source"] for r in rows] == [str(a), str(b), str(frames)]
-    assert [r["status"] for r in rows] == ["ok"] * 3 and [r["slices"] for r in rows] == ["3", "3", "2"]
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    assert [r["slices"] for r in rows] == ["3", "3", "2"]
     for name, shape in (("v0", (3, 48, 48)), ("v1", (3, 48, 48)), ("sweep", (2, 40, 40))):
         assert tifffile.imread(out / name / "labels.tif").shape == shape
         boxes = (out / name / "boxes.csv").read_text().splitlines()
@@ -70,12 +64,14 @@ def test_several_inputs_get_a_folder_each_and_one_summary(tmp_path, ckpt):
     assert not (out / "labels.tif").exists()  # the one-volume layout is for one input only
 
 
-def test_two_corrupt_files_among_ten_are_error_rows_and_the_rest_is_done(tmp_path, ckpt, capsys):
+def test_two_corrupt_files_among_ten_are_error_rows_and_the_rest_is_done(
+        tmp_path, untrained_checkpoint, capsys):
     paths = write_volumes(tmp_path / "study", 10)
     paths[3].write_bytes(paths[3].read_bytes()[:300])  # truncated
     paths[7].write_text("this is not an image")  # wrong content under a .tif name
     out = tmp_path / "out"
-    assert segment(tmp_path / "study", "--out", out, "--model", ckpt) == 2  # two failed
+    # The exit status counts the failed volumes.
+    assert segment(tmp_path / "study", "--out", out, "--model", untrained_checkpoint) == 2
     rows = read_summary(out)
     assert [r["status"] for r in rows] == ["error" if i in (3, 7) else "ok" for i in range(10)]
     for i in (3, 7):
@@ -103,11 +99,11 @@ KILL_AFTER_OUTPUTS = textwrap.dedent("""
 """)
 
 
-def test_resume_after_sigkill_keeps_finished_volumes(tmp_path, ckpt):
+def test_resume_after_sigkill_keeps_finished_volumes(tmp_path, untrained_checkpoint):
     write_volumes(tmp_path / "study", 6)
     out = tmp_path / "out"
-    args = ["segment", str(tmp_path / "study"), "--out", str(out), "--model", str(ckpt),
-            "--device", "cpu", "--quiet"]
+    args = ["segment", str(tmp_path / "study"), "--out", str(out),
+            "--model", str(untrained_checkpoint), "--device", "cpu", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-c", KILL_AFTER_OUTPUTS, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -116,7 +112,8 @@ def test_resume_after_sigkill_keeps_finished_volumes(tmp_path, ckpt):
     labels = {n: (out / n / "labels.tif").stat().st_mtime_ns for n in finished}
     assert (out / "v3" / "labels.tif").exists() and not (out / "v3" / "done.json").exists()
     assert len(read_summary(out)) == 3  # the summary of the killed run holds what finished
-    assert segment(tmp_path / "study", "--out", out, "--model", ckpt, "--resume") == 0
+    again = ["--out", out, "--model", untrained_checkpoint, "--resume"]
+    assert segment(tmp_path / "study", *again) == 0
     rows = read_summary(out)
     assert [r["status"] for r in rows] == ["reused"] * 3 + ["ok"] * 3
     assert all(r["slices"] == "2" for r in rows)
@@ -125,10 +122,12 @@ def test_resume_after_sigkill_keeps_finished_volumes(tmp_path, ckpt):
         assert (out / name / "labels.tif").stat().st_mtime_ns == labels[name]
 
 
-def test_a_done_record_does_not_vouch_for_changed_outputs_or_source(tmp_path, ckpt):
+def test_a_done_record_does_not_vouch_for_changed_outputs_or_source(
+        tmp_path, untrained_checkpoint):
     (src,) = write_volumes(tmp_path / "in", 1)
     out = tmp_path / "out"
-    assert segment(str(tmp_path / "in" / "*.tif"), "--out", out, "--model", ckpt) == 0
+    pattern = str(tmp_path / "in" / "*.tif")
+    assert segment(pattern, "--out", out, "--model", untrained_checkpoint) == 0
     folder = out / "v0"
     assert done_row(folder, str(src))["status"] == "ok"
     labels = (folder / "labels.tif").read_bytes()
@@ -140,17 +139,18 @@ def test_a_done_record_does_not_vouch_for_changed_outputs_or_source(tmp_path, ck
     assert done_row(folder, str(src)) is None
 
 
-def test_api_segment_volumes_matches_the_command(tmp_path, ckpt):
+def test_api_segment_volumes_matches_the_command(tmp_path, untrained_checkpoint):
     from napari_roiseg.api import segment_volumes
 
     write_volumes(tmp_path / "in", 2)
-    result = segment_volumes(str(tmp_path / "in" / "*.tif"), tmp_path / "api", model=ckpt,
+    pattern = str(tmp_path / "in" / "*.tif")
+    result = segment_volumes(pattern, tmp_path / "api", model=untrained_checkpoint,
                              device="cpu", progress=False)
     assert result.failed == 0 and [r["status"] for r in result.rows] == ["ok", "ok"]
-    assert segment(str(tmp_path / "in" / "*.tif"), "--out", tmp_path / "cli", "--model", ckpt) == 0
+    assert segment(pattern, "--out", tmp_path / "cli", "--model", untrained_checkpoint) == 0
     for name in ("v0", "v1"):
         assert ((tmp_path / "api" / name / "labels.tif").read_bytes()
                 == (tmp_path / "cli" / name / "labels.tif").read_bytes())
-    again = segment_volumes(tmp_path / "in", tmp_path / "api", model=ckpt, device="cpu",
-                            resume=True, progress=False)
+    again = segment_volumes(tmp_path / "in", tmp_path / "api", model=untrained_checkpoint,
+                            device="cpu", resume=True, progress=False)
     assert [r["status"] for r in again.rows] == ["reused", "reused"]

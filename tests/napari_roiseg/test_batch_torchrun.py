@@ -18,13 +18,6 @@ import tifffile
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, untrained_model) -> Path:
-    from src_model.checkpoint import save_checkpoint
-
-    return save_checkpoint(tmp_path_factory.mktemp("model") / "m.pt", untrained_model())
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -43,14 +36,14 @@ def _segment(study: Path, out: Path, ckpt: Path, nproc: int) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_two_gloo_ranks_give_the_labels_of_one_process(tmp_path, ckpt):
+def test_two_gloo_ranks_give_the_labels_of_one_process(tmp_path, untrained_checkpoint):
     study = tmp_path / "study"
     study.mkdir()
     for i in range(5):
         data = np.random.default_rng(i).integers(0, 255, (3, 64, 48), dtype=np.uint8)
         tifffile.imwrite(study / f"v{i}.tif", data, photometric="minisblack")
-    _segment(study, tmp_path / "one", ckpt, 1)
-    _segment(study, tmp_path / "two", ckpt, 2)
+    _segment(study, tmp_path / "one", untrained_checkpoint, 1)
+    _segment(study, tmp_path / "two", untrained_checkpoint, 2)
     names = [f"v{i}" for i in range(5)]
     for i, name in enumerate(names):
         for file in ("labels.tif", "boxes.csv"):
