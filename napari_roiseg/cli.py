@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     items, one_volume = expand_inputs(args.inputs)
     options = {"device": args.device, "batch_size": args.batch_size,
                "score_threshold": args.score_threshold, "top_k": args.top_k}
-    if one_volume:
+    if one_volume:  # one volume cannot be sharded: under torchrun, rank 0 segments it
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0
         return _segment_one(items[0].source, Path(args.out), args.model, args.quiet, options)
     from .batch import run_items
 
