@@ -1,7 +1,9 @@
 """Segment many volumes in one process (or one per torchrun rank): the engine of
 ``roiseg segment IN [IN ...]`` and :func:`napari_roiseg.api.segment_volumes`.
 
-One model load and one torch import for the whole batch. Each volume goes to ``OUT/<name>/``
+One model load and one torch import for the whole batch; volumes are read one after the other
+(reading the next one in a thread during the current one's segmentation was measured slower on
+2 shared cores, see ``scripts/bench_batch.py`` and the README). Each volume goes to ``OUT/<name>/``
 (``labels.tif``, ``boxes.csv``, then its done-record, see :mod:`.batch_record`), and
 ``OUT/summary.csv`` is rewritten atomically after every volume. A volume that fails is an
 ``error`` row with its one-line reason and the batch goes on. Under torchrun the volume list is
@@ -13,8 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,7 @@ def segment_to_folder(volume: Any, net: Any, out: Path, *, device: Any = "auto",
 
 def segment_volumes(inputs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
                     model: Any = None, device: str = "auto", resume: bool = False,
-                    progress: bool = True, prefetch: bool = True,
-                    **options: Any) -> BatchResult:
+                    progress: bool = True, **options: Any) -> BatchResult:
     """Segment every volume ``inputs`` names (files, folders, globs: see :mod:`.batch_inputs`)
     into ``out/<name>/`` and write ``out/summary.csv``; ``resume`` skips finished volumes.
 
@@ -89,12 +89,11 @@ def segment_volumes(inputs: Sequence[str | os.PathLike[str]], out: str | os.Path
     """
     items, _ = expand_inputs(inputs)
     return run_items(items, Path(out), model=model, device=device, resume=resume,
-                     progress=progress, prefetch=prefetch, **options)
+                     progress=progress, **options)
 
 
 def run_items(items: Sequence[BatchItem], out: Path, *, model: Any = None, device: str = "auto",
-              resume: bool = False, progress: bool = True, prefetch: bool = True,
-              **options: Any) -> BatchResult:
+              resume: bool = False, progress: bool = True, **options: Any) -> BatchResult:
     """:func:`segment_volumes` on already expanded items (the CLI expands them itself)."""
     from .segment import load_model
 
@@ -109,8 +108,8 @@ def run_items(items: Sequence[BatchItem], out: Path, *, model: Any = None, devic
     rows: list[dict[str, Any]] = []
     bars = _Bars(len(mine), enabled=progress and rank == 0)
     try:
-        for item, read in _reads(mine, resume, out, prefetch):
-            row = _one(item, read, out / item.name, net, device, resume, bars, rank, options)
+        for item in mine:
+            row = _one(item, out / item.name, net, device, resume, bars, rank, options)
             rows.append(row)
             write_summary(part, rows)
             bars.volume_done(item.name, row)
@@ -129,16 +128,18 @@ def run_items(items: Sequence[BatchItem], out: Path, *, model: Any = None, devic
     return BatchResult(rows, summary)
 
 
-def _one(item: BatchItem, read: Callable[[], Any], folder: Path, net: Any, device: Any,
+def _one(item: BatchItem, folder: Path, net: Any, device: Any,
          resume: bool, bars: _Bars, rank: int, options: dict[str, Any]) -> dict[str, Any]:
     """Segment one item; its summary row (status ``ok``, ``reused`` or ``error``)."""
+    from .volume_io import read_volume
+
     row: dict[str, Any] = {"source": item.source, "output": str(folder)}
     if resume and (earlier := done_row(folder, item.source)) is not None:
         return {**earlier, "status": "reused", "error": ""}
     start = time.perf_counter()
     try:
         forget_done(folder)
-        volume = read()
+        volume = read_volume(item.source)
         bars.start_slices(volume.data.shape[0])
         row.update(segment_to_folder(volume, net, folder, device=device,
                                      on_progress=bars.slice_done, **options))
@@ -149,31 +150,6 @@ def _one(item: BatchItem, read: Callable[[], Any], folder: Path, net: Any, devic
         reason = " ".join(str(exc).split()) or type(exc).__name__
         return {**row, "seconds": round(time.perf_counter() - start, 3), "status": "error",
                 "error": reason}
-
-
-def _reads(items: Sequence[BatchItem], resume: bool, out: Path,
-           prefetch: bool) -> Iterator[tuple[BatchItem, Callable[[], Any]]]:
-    """Each item with a function returning its volume; with ``prefetch`` the next volume is read
-    in a background thread while the current one is segmented (volumes left to ``--resume``
-    are not read at all)."""
-    from .volume_io import read_volume
-
-    todo = [it for it in items if not (resume and done_row(out / it.name, it.source))]
-    if not prefetch:
-        for item in items:
-            yield item, lambda item=item: read_volume(item.source)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="roiseg-read") as pool:
-        pending: dict[BatchItem, Future[Any]] = {}
-        for item in items:
-            if item not in todo:
-                yield item, lambda item=item: read_volume(item.source)
-                continue
-            k = todo.index(item)
-            for nxt in todo[k:k + 2]:  # this volume and the next: memory holds at most two
-                if nxt not in pending:
-                    pending[nxt] = pool.submit(read_volume, nxt.source)
-            yield item, pending.pop(item).result
 
 
 def _join_ranks() -> tuple[int, int, Any]:

@@ -40,7 +40,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from .batch import run_items
 
     result = run_items(items, Path(args.out), model=args.model, resume=args.resume,
-                       progress=not args.quiet, prefetch=not args.no_prefetch, **options)
+                       progress=not args.quiet, **options)
     counts = {s: sum(r["status"] == s for r in result.rows) for s in ("ok", "reused", "error")}
     print(f"{len(result.rows)} volumes: {counts['ok']} segmented, {counts['reused']} reused "
           f"(--resume), {counts['error']} failed; see {result.summary}")
@@ -160,8 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--resume", action="store_true",
                    help="skip volumes whose outputs an earlier run completed (batch layout)")
-    s.add_argument("--no-prefetch", action="store_true",
-                   help="do not read the next volume while the current one is segmented")
+
     s.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--batch-size", type=int, default=None,

@@ -8,15 +8,17 @@ Rows:
 
 - ``loop``: ``for f in study/*.tif; do python -m napari_roiseg.cli segment "$f" --out ...; done``
   (what users did before: a torch import and a model load per volume);
-- ``batch``: ``python -m napari_roiseg.cli segment study --out ...`` (one process, the next
-  volume read in a background thread while the current one is segmented);
-- ``batch --no-prefetch``: the same, volumes read one after the other.
+- ``batch``: ``python -m napari_roiseg.cli segment study --out ...`` (one process, one torch
+  import and one model load, volumes read one after the other).
+
+The version of this script at commit e412abd also timed reading the next volume in a background
+thread (prefetch); it was slower on 2 shared cores (README, "Batch"), and was removed.
 
 Volumes are ``sample_data.phantom`` phantoms (367x192 slices), seeds 0..N-1. The model is a copy
 of the shipped default taken at start, so every row runs the same weights. Labels of the loop
-and of the batch are compared byte for byte. Also printed: the mean time to read one volume,
-which bounds what prefetching can save. A benchmark, not a test; the load average is printed
-because the machine may be shared.
+and of the batch are compared byte for byte. Also printed: the mean time to read one volume
+(what overlapping reads with segmentation could save at most). A benchmark, not a test; the
+load average is printed because the machine may be shared.
 """
 
 from __future__ import annotations
@@ -91,13 +93,9 @@ def main() -> None:
     loop = ('for f in "$0"/*.tif; do n=$(basename "$f" .tif); '
             f'{" ".join(cli)} "$f" --out "$1/$n" {" ".join(common)} || exit 1; done')
     times = {"loop": _timed(["bash", "-c", loop, str(work / "study"), str(work / "loop")], env)}
-    for name, extra in (("batch", []), ("batch --no-prefetch", ["--no-prefetch"])):
-        runs = []
-        for r in range(args.repeats):
-            out = work / f"{name.replace(' --', '_')}_{r}"
-            runs.append(_timed([*cli, str(work / "study"), "--out", str(out), *common, *extra],
-                               env))
-        times[name] = min(runs)
+    runs = [_timed([*cli, str(work / "study"), "--out", str(work / f"batch_{r}"), *common], env)
+            for r in range(args.repeats)]
+    times["batch"] = min(runs)
     same = all((work / "loop" / p.stem / "labels.tif").read_bytes()
                == (work / "batch_0" / p.stem / "labels.tif").read_bytes() for p in paths)
     n = args.volumes
