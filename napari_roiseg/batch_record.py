@@ -54,8 +54,13 @@ def write_done(out_dir: Path, source: str, shape: tuple[int, ...], row: Mapping[
 
 
 def forget_done(out_dir: Path) -> None:
-    """Drop the done-record before the outputs are rewritten (so a kill then leaves no record)."""
+    """Drop the done-record before the outputs are rewritten (so a kill then leaves no record),
+    and the temporary files of writes a killed run left (``.labels.tif.<hex>.tmp``, which can
+    be as large as the labels). Only one process writes a volume's folder, so none is in use."""
     (out_dir / DONE_RECORD).unlink(missing_ok=True)
+    for name in (*OUTPUTS, DONE_RECORD):
+        for stale in out_dir.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def done_row(out_dir: Path, source: str) -> dict[str, Any] | None:

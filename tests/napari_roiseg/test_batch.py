@@ -83,14 +83,14 @@ def test_two_corrupt_files_among_ten_are_error_rows_and_the_rest_is_done(
 
 
 KILL_AFTER_OUTPUTS = textwrap.dedent("""
-    # Segment the volumes; at the 4th volume die by SIGKILL after its labels.tif and boxes.csv
+    # Segment the volumes; at the 6th volume die by SIGKILL after its labels.tif and boxes.csv
     # are written and before its done-record: the worst moment for --resume.
     import os, signal, sys
     import napari_roiseg.batch as batch
     calls = []
     def write_done(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 4:
+        if len(calls) == 6:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*args, **kwargs)
     real, batch.write_done = batch.write_done, write_done
@@ -100,7 +100,7 @@ KILL_AFTER_OUTPUTS = textwrap.dedent("""
 
 
 def test_resume_after_sigkill_keeps_finished_volumes(tmp_path, untrained_checkpoint):
-    write_volumes(tmp_path / "study", 6)
+    write_volumes(tmp_path / "study", 8)
     out = tmp_path / "out"
     args = ["segment", str(tmp_path / "study"), "--out", str(out),
             "--model", str(untrained_checkpoint), "--device", "cpu", "--quiet"]
@@ -108,15 +108,17 @@ def test_resume_after_sigkill_keeps_finished_volumes(tmp_path, untrained_checkpo
     proc = subprocess.run([sys.executable, "-c", KILL_AFTER_OUTPUTS, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    finished = {f"v{i}": (out / f"v{i}" / "done.json").stat().st_mtime_ns for i in range(3)}
+    finished = {f"v{i}": (out / f"v{i}" / "done.json").stat().st_mtime_ns for i in range(5)}
     labels = {n: (out / n / "labels.tif").stat().st_mtime_ns for n in finished}
-    assert (out / "v3" / "labels.tif").exists() and not (out / "v3" / "done.json").exists()
-    assert len(read_summary(out)) == 3  # the summary of the killed run holds what finished
+    assert (out / "v5" / "labels.tif").exists() and not (out / "v5" / "done.json").exists()
+    assert len(read_summary(out)) == 5  # the summary of the killed run holds what finished
+    stale = out / "v5" / ".labels.tif.0123abcd.tmp"  # what a kill during the labels write leaves
+    stale.write_bytes(b"half")
     again = ["--out", out, "--model", untrained_checkpoint, "--resume"]
     assert segment(tmp_path / "study", *again) == 0
     rows = read_summary(out)
-    assert [r["status"] for r in rows] == ["reused"] * 3 + ["ok"] * 3
-    assert all(r["slices"] == "2" for r in rows)
+    assert [r["status"] for r in rows] == ["reused"] * 5 + ["ok"] * 3
+    assert all(r["slices"] == "2" for r in rows) and not stale.exists()
     for name, stamp in finished.items():  # not redone
         assert (out / name / "done.json").stat().st_mtime_ns == stamp
         assert (out / name / "labels.tif").stat().st_mtime_ns == labels[name]
@@ -154,3 +156,13 @@ def test_api_segment_volumes_matches_the_command(tmp_path, untrained_checkpoint)
     again = segment_volumes(tmp_path / "in", tmp_path / "api", model=untrained_checkpoint,
                             device="cpu", resume=True, progress=False)
     assert [r["status"] for r in again.rows] == ["reused", "reused"]
+
+
+def test_a_bad_model_stops_the_batch_before_any_output(tmp_path, capsys):
+    write_volumes(tmp_path / "in", 2)
+    bad = tmp_path / "model.pt"
+    bad.write_text("not a checkpoint")
+    assert segment(tmp_path / "in", "--out", tmp_path / "out", "--model", bad) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("roiseg: error:") and "model.pt" in err[0]
+    assert not (tmp_path / "out").exists()
