@@ -135,7 +135,8 @@ def _one(item: BatchItem, folder: Path, net: Any, device: Any,
 
     row: dict[str, Any] = {"source": item.source, "output": str(folder)}
     if resume and (earlier := done_row(folder, item.source)) is not None:
-        return {**earlier, "status": "reused", "error": ""}
+        # The numbers of the run that made it; where it is as this run names it.
+        return {**earlier, **row, "status": "reused", "error": ""}
     start = time.perf_counter()
     try:
         forget_done(folder)

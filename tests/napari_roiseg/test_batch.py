@@ -153,9 +153,11 @@ def test_api_segment_volumes_matches_the_command(tmp_path, untrained_checkpoint)
     for name in ("v0", "v1"):
         assert ((tmp_path / "api" / name / "labels.tif").read_bytes()
                 == (tmp_path / "cli" / name / "labels.tif").read_bytes())
-    again = segment_volumes(tmp_path / "in", tmp_path / "api", model=untrained_checkpoint,
-                            device="cpu", resume=True, progress=False)
+    # Resume with the same folders spelled differently: the same volumes, reused.
+    again = segment_volumes(tmp_path / "in", tmp_path / "in" / ".." / "api",
+                            model=untrained_checkpoint, device="cpu", resume=True, progress=False)
     assert [r["status"] for r in again.rows] == ["reused", "reused"]
+    assert again.rows[0]["source"] == str(tmp_path / "in" / "v0.tif")
 
 
 def test_a_bad_model_stops_the_batch_before_any_output(tmp_path, capsys):
