@@ -18,6 +18,27 @@ import tifffile
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(scope="module")
+def varied_checkpoint(tmp_path_factory) -> Path:
+    """A seeded untrained fast model whose zero-initialised weights (the score layer's) are made
+    random, so its masks vary inside the ROIs instead of being all 0 or all 1: a byte comparison
+    that means something. Nothing below asserts what the masks are."""
+    import torch
+
+    from src_model.checkpoint import save_checkpoint
+    from src_model.config import get_preset
+    from src_model.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("fast")).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen))
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "varied.pt", model)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -36,14 +57,14 @@ def _segment(study: Path, out: Path, ckpt: Path, nproc: int) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def test_two_gloo_ranks_give_the_labels_of_one_process(tmp_path, untrained_checkpoint):
+def test_two_gloo_ranks_give_the_labels_of_one_process(tmp_path, varied_checkpoint):
     study = tmp_path / "study"
     study.mkdir()
     for i in range(5):
         data = np.random.default_rng(i).integers(0, 255, (3, 64, 48), dtype=np.uint8)
         tifffile.imwrite(study / f"v{i}.tif", data, photometric="minisblack")
-    _segment(study, tmp_path / "one", untrained_checkpoint, 1)
-    _segment(study, tmp_path / "two", untrained_checkpoint, 2)
+    _segment(study, tmp_path / "one", varied_checkpoint, 1)
+    _segment(study, tmp_path / "two", varied_checkpoint, 2)
     names = [f"v{i}" for i in range(5)]
     for i, name in enumerate(names):
         for file in ("labels.tif", "boxes.csv"):
