@@ -17,7 +17,7 @@ from .layers import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, add_result_layers, i
 from .segment import segment_array
 
 __all__ = ["correction_history", "evaluate", "export_review_report", "finetune", "gate_version",
-           "prepare_torch_import", "review_scores", "segment_volume"]
+           "prepare_torch_import", "review_scores", "segment_volume", "segment_volumes"]
 
 
 def prepare_torch_import() -> None:
@@ -110,6 +110,38 @@ def segment_volume(
             score_threshold=DEFAULT_SCORE_THRESHOLD if score_threshold is None else score_threshold,
             top_k=DEFAULT_TOP_K if top_k is None else top_k, stats=result.stats)
     return labels, result.boxes
+
+
+def segment_volumes(paths: Any, out: Any, *, model: Any = None, device: str = "auto",
+                    resume: bool = False, progress: bool = True, **options: Any) -> Any:
+    """Segment many volumes on disk, as ``roiseg segment IN [IN ...] --out OUT`` does.
+
+    ``paths``: one or a list of volume files, folders (of frames, or of volumes) and globs.
+    Each volume goes to ``out/<name>/`` (``labels.tif``, ``boxes.csv``, ``done.json``) and
+    ``out/summary.csv`` gets one row per volume; a file that fails is an ``error`` row and the
+    others go on. ``resume`` skips volumes an earlier run finished. ``options``: ``batch_size``,
+    ``score_threshold``, ``top_k``. Returns a ``batch.BatchResult`` (``rows``, ``failed``,
+    ``summary``). Raises ``busy.BusyError`` while a fine-tune or segmentation runs here.
+
+    Examples
+    --------
+    ::
+
+        result = segment_volumes("~/study/*.tif", "~/study-seg", resume=True)
+        result.failed, [r["error"] for r in result.rows if r["status"] == "error"]
+    """
+    import os
+
+    from .batch import segment_volumes as run_batch
+    from .busy import exclusive
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [os.path.expanduser(str(p)) for p in paths]
+    prepare_torch_import()
+    with exclusive("segmenting volumes"):
+        return run_batch(paths, os.path.expanduser(str(out)), model=model, device=device,
+                         resume=resume, progress=progress, **options)
 
 
 # --------------------------------------------------------------------------- review and history

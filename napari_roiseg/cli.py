@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,40 +28,41 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    import numpy as np
+    from .batch_inputs import expand_inputs
+
+    items, one_volume = expand_inputs(args.inputs)
+    options = {"device": args.device, "batch_size": args.batch_size,
+               "score_threshold": args.score_threshold, "top_k": args.top_k}
+    if one_volume:  # one volume cannot be sharded: under torchrun, rank 0 segments it
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0
+        return _segment_one(items[0].source, Path(args.out), args.model, args.quiet, options)
+    from .batch import run_items
+
+    result = run_items(items, Path(args.out), model=args.model, resume=args.resume,
+                       progress=not args.quiet, **options)
+    counts = {s: sum(r["status"] == s for r in result.rows) for s in ("ok", "reused", "error")}
+    print(f"{len(result.rows)} volumes: {counts['ok']} segmented, {counts['reused']} reused "
+          f"(--resume), {counts['error']} failed; see {result.summary}")
+    return min(result.failed, 125)  # the exit status counts the failed volumes
+
+
+def _segment_one(source: str, out: Path, model: str | None, quiet: bool,
+                 options: dict[str, object]) -> int:
+    """Today's one-volume layout: ``OUT/labels.tif`` and ``OUT/boxes.csv``; errors raise."""
     from tqdm import tqdm
 
-    from src_model.generators import drain
-    from src_model.mmap_pages import release_slices
+    from .batch import segment_to_folder
+    from .segment import load_model
+    from .volume_io import read_volume
 
-    from ._volume_write import labels_tiff_memmap
-    from .segment import VolumeSegmentation, iter_segment, load_model
-    from .volume_io import read_volume, write_boxes_csv
-
-    # Streaming: a large uncompressed input is memory-mapped by read_volume, the labels go
-    # straight into a memory-mapped TIFF on disk, and iter_segment releases both batch by batch,
-    # so the command's memory stays bounded by a batch, not the volume.
-    vol = read_volume(args.volume)
-    net = load_model(args.model)  # fail on a bad checkpoint before any output file is made
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    shape = vol.data.shape
-    with labels_tiff_memmap(out / "labels.tif", shape, spacing=vol.spacing) as labels:
-        result = VolumeSegmentation(labels, np.zeros((0, 6), np.float32), np.zeros(shape[0], bool))
-        gen = iter_segment(vol.data, net, device=args.device, batch_size=args.batch_size,
-                           score_threshold=args.score_threshold, top_k=args.top_k, out=result)
-        with tqdm(total=shape[0], desc="segment", unit="slice", disable=args.quiet) as bar:
-            drain(gen, lambda p: bar.update(p[0] - bar.n))
-        masked = 0
-        for start in range(0, shape[0], 64):
-            masked += int(labels[start:start + 64].any(axis=(1, 2)).sum())
-            release_slices(labels, start, start + 64)
-        boxes = result.boxes
-        del result, gen
-    del labels
-    write_boxes_csv(out / "boxes.csv", boxes)
-    print(f"wrote {out / 'labels.tif'} ({masked} slices with a mask) and {out / 'boxes.csv'} "
-          f"({len(boxes)} boxes)")
+    vol = read_volume(source)
+    net = load_model(model)  # fail on a bad checkpoint before any output file is made
+    with tqdm(total=vol.data.shape[0], desc="segment", unit="slice", disable=quiet) as bar:
+        row = segment_to_folder(vol, net, out, on_progress=lambda p: bar.update(p[0] - bar.n),
+                                **options)
+    print(f"wrote {out / 'labels.tif'} ({row['slices_with_mask']} slices with a mask) and "
+          f"{out / 'boxes.csv'} ({row['boxes']} boxes)")
     return 0
 
 
@@ -147,9 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="folder for volume.tif and labels.tif")
     g.set_defaults(func=_cmd_generate)
 
-    s = sub.add_parser("segment", help="segment a volume: writes labels.tif and boxes.csv")
-    s.add_argument("volume", help="TIFF, folder of frames, DICOM or NIfTI volume")
+    s = sub.add_parser(
+        "segment", help="segment volumes: writes labels.tif and boxes.csv per volume",
+        description="One volume file or folder of frames: OUT/labels.tif and OUT/boxes.csv. "
+        "Several inputs, a folder of volumes or a glob: OUT/<name>/labels.tif, boxes.csv and "
+        "done.json per volume, and OUT/summary.csv; the exit status is the number of volumes "
+        "that failed. Runs sharded under torchrun (one volume list, each volume on one rank).")
+    s.add_argument("inputs", nargs="+", metavar="IN",
+                   help="TIFF, DICOM or NIfTI volume, folder of frames, folder of volumes, or a "
+                   "quoted glob such as 'study/*.tif'")
     s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--resume", action="store_true",
+                   help="skip volumes whose outputs an earlier run completed (batch layout)")
+
     s.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--batch-size", type=int, default=None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -48,8 +49,11 @@ class ShardedInfiniteSampler(Sampler[int]):
             yield from global_batch[lo:hi]
 
 
-def setup() -> tuple[int, int, torch.device]:
+def setup(timeout: timedelta | None = None) -> tuple[int, int, torch.device]:
     """Join the process group torchrun describes in the environment.
+
+    ``timeout`` bounds every collective (torch's default, 30 min for gloo, when None); batch
+    inference raises it because its ranks meet only once, at the end.
 
     Returns ``(rank, world_size, device)``: gloo on CPU, NCCL with one GPU per local rank on CUDA.
     Without torchrun's variables this is a single-process run (rank 0 of 1, no group).
@@ -65,7 +69,7 @@ def setup() -> tuple[int, int, torch.device]:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), device
 
 

@@ -67,6 +67,7 @@ def test_sample_data_imports_no_gui_and_no_torch():
         "napari_roiseg._reader",
         "napari_roiseg._writer",
         "napari_roiseg._sample_data",
+        "napari_roiseg.batch",  # `roiseg segment --help` and argument errors stay instant
     ],
 )
 def test_napari_side_start_up_modules_do_not_import_torch(module):

@@ -125,3 +125,12 @@ def untrained_model() -> Callable[[], object]:
         return model
 
     return make
+
+
+@pytest.fixture(scope="module")
+def untrained_checkpoint(tmp_path_factory, untrained_model) -> Path:
+    """A checkpoint file of :func:`untrained_model`: command-line runs that must not depend on
+    the shipped weights (which may change) use it."""
+    from src_model.checkpoint import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "untrained.pt", untrained_model())
