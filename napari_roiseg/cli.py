@@ -95,8 +95,13 @@ def _cmd_train(argv: list[str]) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import run_comparison
+    from .compare import merge_results, run_comparison
 
+    if args.merge:
+        if not args.out:
+            raise CliError("--merge needs --out, the folder for the joined table")
+        print(merge_results(args.merge, args.out))
+        return 0
     run_comparison(train_seeds=args.train_seeds, test_seeds=args.test_seeds, slices=args.slices,
                    steps=args.steps, archs=args.archs, out=args.out, quiet=args.quiet,
                    losses=args.losses, val_seeds=args.val_seeds)
@@ -194,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "fcn_nopool5, unet")
     c.add_argument("--losses", default="ce,dice_ce",
                    help="every method is trained with each; the best on validation is shown")
+    c.add_argument("--merge", nargs="+", metavar="DIR", default=None,
+                   help="only join the results of runs made in parallel (their --out folders)")
     c.add_argument("--out", default=None, help="folder for table.md and results.json")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_compare)

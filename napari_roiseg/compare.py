@@ -149,6 +149,29 @@ def run_comparison(
     return rows
 
 
+def merge_results(folders: Sequence[str | Path], out: str | Path) -> str:
+    """Join the ``results.json`` of comparison runs made in parallel (same seeds, slices, steps
+    and batch size, other methods) into one ``table.md`` + ``results.json`` in ``out``."""
+    reports = [json.loads((Path(f) / "results.json").read_text()) for f in folders]
+    keys = ("train_seeds", "validation_seeds", "test_seeds", "slices", "steps", "batch_size")
+    for rep in reports[1:]:
+        differ = [k for k in keys if rep[k] != reports[0][k]]
+        if differ:
+            raise ValueError(f"cannot merge runs that differ in {', '.join(differ)}")
+    order = list(METHODS)
+    rows = sorted((r for rep in reports for r in rep["rows"]), key=lambda r: order.index(r["arch"]))
+    first = reports[0]
+    table = format_table(rows, first["train_seeds"], first["test_seeds"], first["slices"],
+                         first["steps"], first["batch_size"])
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "table.md").write_text(table + "\n")
+    merged = {**first, "rows": rows, "merged_from": [str(f) for f in folders],
+              "torch_threads": [rep["torch_threads"] for rep in reports]}
+    (folder / "results.json").write_text(json.dumps(merged, indent=1))
+    return table
+
+
 def _scores(model, test, val_raw) -> dict[str, Any]:
     """Test scores, inference ms/slice on the test volumes, and the validation pooled dice (what
     picks the loss)."""

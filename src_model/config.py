@@ -209,6 +209,10 @@ _FAST = ModelConfig(
     # fraction Faster R-CNN keeps (6000 of ~20k anchors on 600x1000) and still yields the 300
     # post-NMS proposals.
     rpn_pre_nms_top_n_test=600,
+    # Test ROIs: proposals with objectness >= 0.5 (the paper feeds all 300, which on a small
+    # object are mostly background). Validation during training then scores what a user gets;
+    # the shipped model's filter is tuned on validation afterwards (make_default_model.py).
+    test_score_threshold=0.5,
     unet_base_channels=16,
 )
 

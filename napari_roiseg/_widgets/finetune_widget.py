@@ -81,8 +81,8 @@ def _describe_version(name: str, info: dict[str, Any]) -> str:
                      f"{len(info.get('validation_slices', []))} val slices")
     before, after = info.get("metrics_before"), info.get("metrics_after")
     if before and after:
-        parts.append(f"val dice {before['per_slice_mean']['dice']:.3f} → "
-                     f"{after['per_slice_mean']['dice']:.3f}")
+        parts.append(f"val dice {before['pooled']['dice']:.3f} → "
+                     f"{after['pooled']['dice']:.3f}")
     elif info.get("source"):
         parts.append(str(info["source"]))
     return " · ".join(parts)
@@ -660,7 +660,7 @@ class FinetuneWidget(QWidget):
         self.last_result = result
         text = f"{result.state} after {result.steps_done} steps ({result.seconds:.0f} s)"
         if result.before and result.after:
-            b, a = result.before["per_slice_mean"], result.after["per_slice_mean"]
+            b, a = result.before["pooled"], result.after["pooled"]  # what picks the weights
             text += (f"; validation dice {b['dice']:.3f} → {a['dice']:.3f}, precision "
                      f"{b['precision']:.3f} → {a['precision']:.3f}")
         if problem:
@@ -757,8 +757,8 @@ class FinetuneWidget(QWidget):
         if (validation and truth_layer is not None and self.reference is not None
                 and self.reference.shape == labels.shape == as_slices(truth_layer.data).shape):
             truth = as_slices(truth_layer.data)
-            before = evaluate(self.reference, truth, validation)["per_slice_mean"]["dice"]
-            after = evaluate(labels, truth, validation)["per_slice_mean"]["dice"]
+            before = evaluate(self.reference, truth, validation)["pooled"]["dice"]
+            after = evaluate(labels, truth, validation)["pooled"]["dice"]
             record.update(before=before, after=after)
             text += (f"; dice on validation slices {before:.3f} ({self.reference_name}) → "
                      f"{after:.3f} ({version}), {after - before:+.3f}")

@@ -1,0 +1,58 @@
+"""Table 1 plumbing: the ROI-filter tuner's pooled-dice rule, and joining runs made in parallel."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from napari_roiseg import compare
+
+
+def test_tune_test_rois_picks_by_pooled_dice_not_by_empty_slices(monkeypatch):
+    truth = np.zeros((10, 8, 8), np.uint8)
+    truth[:2, 2:6, 2:6] = 1  # two slices with an object, eight empty
+    timid = np.zeros_like(truth)  # keeps no box: every empty slice scores 1
+    bold = truth.copy()
+    bold[5:, 0, 0] = 1  # finds both objects, one false pixel on five empty slices
+
+    def fake_segment(images, model, score_threshold=None, top_k=None):
+        return SimpleNamespace(labels=timid if score_threshold == 0.9 else bold)
+
+    monkeypatch.setattr("napari_roiseg.segment.segment_array", fake_segment)
+    thr, k, table = compare.tune_test_rois(None, truth, truth, thresholds=(0.5, 0.9),
+                                           top_ks=(None,))
+    by_thr = {row["score_threshold"]: row for row in table}
+    # The per-slice mean would prefer the timid filter (0.8 vs 0.5); pooled dice does not.
+    assert by_thr[0.9]["dice"] > by_thr[0.5]["dice"]
+    assert (thr, k) == (0.5, None) and by_thr[0.5]["pooled_dice"] > 0.9
+
+
+def _results(tmp_path, name, archs, steps=300):
+    rows = [{"arch": a, "method": compare.METHODS[a][0], "seg_loss": "ce", "params": 1e6,
+             "train_seconds": 1.0, "ms_per_slice": 2.0,
+             **{k: {"precision": 1.0, "recall": 1.0, "dice": 1.0}
+                for k in ("per_slice_mean", "per_slice_mean_nonempty", "pooled")}}
+            for a in archs]
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(
+        {"train_seeds": [1], "validation_seeds": [50], "test_seeds": [100], "slices": 8,
+         "steps": steps, "batch_size": 4, "torch_threads": 1, "rows": rows}))
+    return folder
+
+
+def test_merge_joins_parallel_runs_in_method_order_and_refuses_other_budgets(tmp_path):
+    a = _results(tmp_path, "a", ["unet"])
+    b = _results(tmp_path, "b", ["fcn32s", "rpn_fcn"])
+    table = compare.merge_results([a, b], tmp_path / "out")
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "Method" not in line]
+    assert [line.split(" | ")[0][2:] for line in lines] == [
+        "RPN-FCN, ROI refinement head", "FCN-32s", "U-Net"]
+    merged = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["arch"] for r in merged["rows"]] == ["rpn_fcn", "fcn32s", "unet"]
+    c = _results(tmp_path, "c", ["fcn_nopool5"], steps=100)
+    with pytest.raises(ValueError, match="steps"):
+        compare.merge_results([a, c], tmp_path / "out2")
