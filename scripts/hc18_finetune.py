@@ -70,11 +70,14 @@ def main() -> None:
         "anchor_sizes": anchors, "steps": args.steps, "lr": args.lr,
         "finetune_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
         "dice_before": before["per_slice_mean"]["dice"], "dice_after": after["per_slice_mean"]["dice"],
+        "pooled_dice_before": before["pooled"]["dice"], "pooled_dice_after": after["pooled"]["dice"],
         "before": before, "after": after, "state": outcome.state,
     }
     Path(args.report).write_text(json.dumps(report, indent=2))
-    print(f"HC18 test dice (40 images): before {report['dice_before']:.3f}, after "
-          f"{report['dice_after']:.3f}; fine-tuning {args.steps} steps took {seconds:.0f} s")
+    print(f"HC18 test dice (40 images, per-image mean / pooled): before "
+          f"{report['dice_before']:.3f} / {report['pooled_dice_before']:.3f}, after "
+          f"{report['dice_after']:.3f} / {report['pooled_dice_after']:.3f}; fine-tuning "
+          f"{args.steps} steps took {seconds:.0f} s")
 
 
 if __name__ == "__main__":
