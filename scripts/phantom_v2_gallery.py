@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from sample_data.make_figure import save_figure  # noqa: E402
 from sample_data.phantom_v2 import make_phantom_v2  # noqa: E402
 
 
@@ -42,11 +43,7 @@ def make_gallery(out: Path, seeds: range) -> Path:
                      f"gain {st['gain_db']:+.0f} dB, DR {st['dynamic_range_db']:.0f} dB, "
                      f"label {100 * ph.labels[z].mean():.2f} %", fontsize=7)
     fig.suptitle("phantom v2 (red: ilium + roof label, cyan: burned-in overlays)", fontsize=9)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=80)
 
 
 def main(argv: list[str] | None = None) -> int:
