@@ -68,7 +68,8 @@ def draw_overlays(
                 continue
             region = (slice(y0, y0 + h), slice(x0, x0 + w))
             grown = ndi.binary_dilation(pmask, iterations=2)
-            if (grown & (blocked[region] | mask[region])).any() or (pmask & ~allowed[region]).any():
+            clash = (grown & (blocked[region] | mask[region])).any()
+            if clash or (pmask & ~allowed[region]).any():
                 continue
             values[region][pmask] = patch[pmask]
             mask[region] |= pmask

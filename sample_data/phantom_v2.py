@@ -70,7 +70,7 @@ class PhantomStyle:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (tuples become lists)."""
-        return json_ready(dataclasses.asdict(self))
+        return _json_ready(dataclasses.asdict(self))
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,7 +139,8 @@ def make_phantom_v2(
     Parameters
     ----------
     n_slices
-        Frames S >= 2 (2-40: a sweep; more: a volume). The labelled run covers 45-65 % of them.
+        Frames S >= 1 (1: one image; 2-40: a sweep; more: a volume). The labelled run covers
+        45-65 % of them (at least one frame).
     label
         ``"roof"`` (the acetabular roof, as v1) or ``"ilium_roof"`` (ilium line + roof, one band).
     overlays
@@ -152,20 +153,23 @@ def make_phantom_v2(
     """
     if label not in LABELS:
         raise ValueError(f"label {label!r} is not one of {', '.join(LABELS)}")
-    if n_slices < 2:
-        raise ValueError(f"n_slices must be >= 2 (a sweep of 2-40 frames or a volume), got {n_slices}")
+    if n_slices < 1:
+        raise ValueError(f"n_slices must be >= 1 (one frame, a sweep of 2-40 or a volume), "
+                         f"got {n_slices}")
     st = draw_style(seed, shape=shape) if style is None else style
     top, left, fov_h, fov_w = st.fov
     rng = np.random.default_rng(_streams(seed)[1])
     k = _DESIGN_MM / st.spacing_mm
     p = _draw_params(rng, n_slices, fov_h, fov_w, scale=k)
     p.update(_style_overrides(st, p))
-    rim_x = p["head_x"] - p["drift_x"] - p["head_radius"] * (1 + p["drift_radius"]) - p["cartilage_gap"]
+    # the bony rim's leftmost position over all frames; the labelled ilium stays inside the scan
+    rim_x = (p["head_x"] - p["drift_x"] - p["head_radius"] * (1 + p["drift_radius"])
+             - p["cartilage_gap"])
     ilium_px = float(np.clip(st.ilium_label_mm / st.spacing_mm, 0.0, rim_x - 3.0))
     knots = np.linspace(0, fov_h - 1, len(st.tgc_db))
     tgc = np.interp(np.arange(fov_h), knots, st.tgc_db)
-    image, lab = _render_volume(p, rng, n_slices, fov_h, fov_w, ilium_label_length=max(ilium_px, 1.0),
-                                tgc_db=tgc, blur_px=st.blur_px)
+    image, lab = _render_volume(p, rng, n_slices, fov_h, fov_w, tgc_db=tgc, blur_px=st.blur_px,
+                                ilium_label_length=max(ilium_px, 1.0))
 
     height, width = st.shape
     volume = np.zeros((n_slices, height, width), np.uint8)
@@ -184,9 +188,9 @@ def make_phantom_v2(
             keep_clear)
         volume[:, overlay_mask] = values[overlay_mask]
     p.update(ilium_label_px=ilium_px, fov=list(st.fov))
-    info = {**st.to_dict(), "label": label, "overlays": json_ready(placed)}
+    info = {**st.to_dict(), "label": label, "overlays": _json_ready(placed)}
     spacing = (st.slice_mm, st.spacing_mm, st.spacing_mm)
-    return PhantomV2(volume, labels, json_ready(p), spacing, overlay_mask, info)
+    return PhantomV2(volume, labels, _json_ready(p), spacing, overlay_mask, info)
 
 
 def _style_overrides(st: PhantomStyle, p: dict[str, Any]) -> dict[str, Any]:
@@ -212,12 +216,12 @@ def _streams(seed: int) -> list[np.random.SeedSequence]:
     return np.random.SeedSequence(seed).spawn(3)
 
 
-def json_ready(value: Any) -> Any:
+def _json_ready(value: Any) -> Any:
     """``value`` with tuples as lists and numpy scalars as Python numbers (for ``json.dumps``)."""
     if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
+        return {str(k): _json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
+        return [_json_ready(v) for v in value]
     if isinstance(value, np.generic):
         return value.item()
     return value

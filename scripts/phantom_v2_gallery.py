@@ -48,7 +48,8 @@ def make_gallery(out: Path, seeds: range) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "images" / "phantom_v2_gallery.png")
+    default_out = REPO / "docs" / "images" / "phantom_v2_gallery.png"
+    parser.add_argument("--out", type=Path, default=default_out)
     parser.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1")
     args = parser.parse_args(argv)
     print(f"wrote {make_gallery(args.out, range(args.seeds))}")

@@ -49,7 +49,8 @@ def boxes_from_labels(labels: np.ndarray) -> np.ndarray:
     if lab.ndim == 2:
         lab = lab[None]
     if lab.ndim != 3:
-        raise ValueError(f"boxes_from_labels expects labels (S, H, W) or (H, W), got shape {lab.shape}")
+        raise ValueError(
+            f"boxes_from_labels expects labels (S, H, W) or (H, W), got shape {lab.shape}")
     boxes = [gt_box_from_mask(sl) for sl in lab]
     return np.concatenate(boxes, axis=0) if boxes else np.zeros((0, 4), np.float32)
 

@@ -107,7 +107,8 @@ def test_fitted_counts_keep_every_rpn_weight(preset):
 
 
 def test_fitted_anchors_survive_the_config_json_round_trip():
-    config = fit_config_anchors(get_preset("fast"), _boxes([150.0, 140.0, 170.0], [55.0, 50.0, 60.0]))
+    boxes = _boxes([150.0, 140.0, 170.0], [55.0, 50.0, 60.0])
+    config = fit_config_anchors(get_preset("fast"), boxes)
     back = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert back == config
     assert back.anchor_sizes == config.anchor_sizes and back.aspect_ratios == config.aspect_ratios

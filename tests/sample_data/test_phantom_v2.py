@@ -102,6 +102,8 @@ def test_ilium_roof_is_one_band_that_contains_the_roof(pairs):
         r, b = roof.labels.astype(bool), band.labels.astype(bool)
         assert not (r & ~b).any()
         assert b.sum() > 1.5 * r.sum(), seed
+        ys, xs = np.nonzero(b.any(axis=0))
+        assert np.ptp(xs) > np.ptp(ys), seed  # a band wider than tall, as real ilium+roof labels
         for z in np.flatnonzero(r.any(axis=(1, 2))):
             assert b[z].sum() > r[z].sum()
             assert ndi.label(b[z])[1] == 1, (seed, z)
@@ -123,15 +125,16 @@ def test_changing_the_imaging_keeps_the_anatomy():
 
 
 @pytest.mark.parametrize("seed", [0, 7, 11])
-def test_two_frame_sweeps(seed):
-    ph = make_phantom_v2(seed, n_slices=2, label="ilium_roof", shape=(256, 256))
-    assert ph.volume.shape == ph.labels.shape == (2, 256, 256)
+@pytest.mark.parametrize("n_slices", [1, 2])
+def test_single_frames_and_two_frame_sweeps(seed, n_slices):
+    ph = make_phantom_v2(seed, n_slices=n_slices, label="ilium_roof", shape=(256, 256))
+    assert ph.volume.shape == ph.labels.shape == (n_slices, 256, 256)
     assert ph.labels.any()
 
 
 def test_bad_arguments_say_what_works():
     with pytest.raises(ValueError, match="n_slices"):
-        make_phantom_v2(0, n_slices=1)
+        make_phantom_v2(0, n_slices=0)
     with pytest.raises(ValueError, match="ilium_roof"):
         make_phantom_v2(0, n_slices=2, label="acetabulum")
     with pytest.raises(ValueError, match="128"):
