@@ -131,7 +131,7 @@ def _ruler(
     height, width = shape
     major = max(4, int(rng.integers(6, 13)))
     pmask = np.zeros((fh, major), bool)
-    line_x = int(rng.integers(0, 2)) * (major - 1)  # the line on the side away from the image
+    line_x = int(rng.integers(0, 2)) * (major - 1)  # the line on either side of the ticks
     with_line = rng.random() < 0.7
     if with_line:
         pmask[:, line_x] = True

@@ -94,6 +94,21 @@ def test_overlays_are_bright_static_and_at_the_frame_edges(pairs):
             assert ph.volume[0, y1:y2, x1:x2][ph.overlay_mask[y1:y2, x1:x2]].max() >= 150
 
 
+def test_the_depth_ruler_ticks_every_5_mm(pairs):
+    rulers = 0
+    for ph, _ in pairs.values():
+        for item in ph.style["overlays"]:
+            if item["kind"] != "ruler":
+                continue
+            rulers += 1
+            x1, y1, x2, y2 = item["box"]
+            ticks = ph.overlay_mask[y1:y2, x1:x2].sum(axis=1) > 1  # the line alone is 1 px wide
+            starts = np.flatnonzero(ticks[1:] & ~ticks[:-1]) + 1
+            gaps = np.diff(np.concatenate([[0], starts]))
+            np.testing.assert_allclose(gaps, 5.0 / ph.style["spacing_mm"], atol=1.01)
+    assert rulers >= 2
+
+
 def test_ilium_roof_is_one_band_that_contains_the_roof(pairs):
     for seed, (roof, band) in pairs.items():
         # one render: the label choice changes neither the frames nor the overlays
