@@ -68,6 +68,16 @@ class PhantomStyle:
     blur_px: float
     noise_sigma: float
 
+    def __post_init__(self) -> None:
+        height, width = self.shape
+        top, left, fov_h, fov_w = self.fov
+        if min(top, left) < 0 or fov_h < 32 or fov_w < 32 or top + fov_h > height \
+                or left + fov_w > width:
+            raise ValueError(f"fov {self.fov} (top, left, height, width) must be at least 32 x 32 "
+                             f"px and lie inside the frame {self.shape}")
+        if self.spacing_mm <= 0 or self.slice_mm <= 0 or self.dynamic_range_db <= 0:
+            raise ValueError("spacing_mm, slice_mm and dynamic_range_db must be > 0")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (tuples become lists)."""
         return _json_ready(dataclasses.asdict(self))

@@ -154,3 +154,6 @@ def test_bad_arguments_say_what_works():
         make_phantom_v2(0, n_slices=2, label="acetabulum")
     with pytest.raises(ValueError, match="128"):
         make_phantom_v2(0, n_slices=2, shape=(64, 256))
+    st = draw_style(0, shape=(256, 256))
+    with pytest.raises(ValueError, match="inside the frame"):
+        dataclasses.replace(st, fov=(0, 0, 300, 256))
