@@ -44,9 +44,16 @@ def make_figure(out: Path, seed: int = 0, real_name: str = REAL_IMAGE) -> Path:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
+    return save_figure(fig, out, dpi=110)
+
+
+def save_figure(fig, out: Path, dpi: int) -> Path:
+    """Lay out ``fig`` (a matplotlib Figure), write it to ``out`` (folders made), close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
 

@@ -95,16 +95,26 @@ def make_phantom(
         raise ValueError(f"shape must be at least (32, 32) pixels, got {tuple(shape)}")
     rng = np.random.default_rng(seed)
     p = _draw_params(rng, n_slices, height, width)
-    per_slice = _slice_params(p, rng, n_slices)
-    fields = _texture_fields(rng, p, height, width)
-
-    volume = np.empty((n_slices, height, width), np.uint8)
-    labels = np.empty((n_slices, height, width), np.uint8)
-    for z0 in range(0, n_slices, _CHUNK):
-        z1 = min(z0 + _CHUNK, n_slices)
-        chunk = {k: v[z0:z1, None, None] for k, v in per_slice.items()}
-        volume[z0:z1], labels[z0:z1] = _render(p, chunk, fields, rng)
+    volume, labels = _render_volume(p, rng, n_slices, height, width)
     return Phantom(volume, labels, p, SPACING)
+
+
+def _render_volume(
+    p: dict[str, Any], rng: np.random.Generator, n: int, height: int, width: int, **render_kw: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the per-slice anatomy and texture fields for ``p``, then render all slices in chunks.
+
+    ``render_kw`` goes to :func:`_render` (phantom v2's extras; none for ``make_phantom``).
+    """
+    per_slice = _slice_params(p, rng, n)
+    fields = _texture_fields(rng, p, height, width)
+    volume = np.empty((n, height, width), np.uint8)
+    labels = np.empty((n, height, width), np.uint8)
+    for z0 in range(0, n, _CHUNK):
+        z1 = min(z0 + _CHUNK, n)
+        chunk = {k: v[z0:z1, None, None] for k, v in per_slice.items()}
+        volume[z0:z1], labels[z0:z1] = _render(p, chunk, fields, rng, **render_kw)
+    return volume, labels
 
 
 def write_phantom(
@@ -148,9 +158,12 @@ def _write_imagej_atomic(path: Path, data: np.ndarray, spacing: tuple[float, flo
 # parameters
 
 
-def _draw_params(rng: np.random.Generator, n: int, height: int, width: int) -> dict[str, Any]:
-    """Per-volume scalars. Lengths are in pixels of this shape, scaled from the 367 x 192 design."""
-    k = min(height / DEFAULT_SHAPE[0], width / DEFAULT_SHAPE[1])
+def _draw_params(
+    rng: np.random.Generator, n: int, height: int, width: int, scale: float | None = None
+) -> dict[str, Any]:
+    """Per-volume scalars. Lengths are in pixels of this shape, scaled from the 367 x 192 design
+    (``scale``: pixels per design pixel; by default the largest that fits the shape)."""
+    k = min(height / DEFAULT_SHAPE[0], width / DEFAULT_SHAPE[1]) if scale is None else scale
     u = rng.uniform
     run_frac, run_centre = u(0.45, 0.65), u(0.42, 0.58)
     start = int(round(n * (run_centre - run_frac / 2)))
@@ -279,9 +292,22 @@ def _ramp(v: np.ndarray, width: float) -> np.ndarray:
 
 
 def _render(
-    p: dict[str, Any], s: dict[str, np.ndarray], f: dict[str, np.ndarray], rng: np.random.Generator
+    p: dict[str, Any],
+    s: dict[str, np.ndarray],
+    f: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    *,
+    ilium_label_length: float = 0.0,
+    tgc_db: np.ndarray | None = None,
+    blur_px: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Render a chunk of slices; ``s`` holds per-slice float32 values shaped (n, 1, 1)."""
+    """Render a chunk of slices; ``s`` holds per-slice float32 values shaped (n, 1, 1).
+
+    Labels are 1 on the roof. The keywords are phantom v2's and change nothing at their defaults:
+    ``ilium_label_length > 0`` also marks the ilium line over that many pixels left of the rim
+    with 2 (on slices with a roof, so roof + ilium form one band); ``tgc_db`` (H,) is added to the
+    depth gain profile; ``blur_px`` is the sigma of a display blur of the log image.
+    """
     height, width = f["coarse"].shape
     k = p["scale"]
     rad = math.radians
@@ -337,6 +363,10 @@ def _render(
     roof = _gauss(d_roof - 0.35 * t_roof, 0.3 * np.maximum(t_roof, 1e-3)) * in_arc
     roof = np.where(t_roof > 0, roof, 0)
     labels = (d_roof >= 0) & (d_roof < t_roof) & (phi >= 0) & (phi <= phi_max)
+    if ilium_label_length > 0:
+        on_ilium = ((np.abs(y - ilium_y) < 0.5 * t_il) & (x <= rim_x)
+                    & (x >= rim_x - ilium_label_length) & (t_roof > 0))
+        labels = np.where(labels, 1, np.where(on_ilium, 2, 0))
     meta_win = _ramp(theta - rad(35), 0.2) * _ramp(rad(100) - theta, 0.2)
     metaphysis = _gauss(r - radius - 0.3 * p["cartilage_gap"] - 0.5 * t_il, 0.35 * t_il) * meta_win
 
@@ -360,7 +390,11 @@ def _render(
     power = ndi.uniform_filter(power, (1, 2, 3))
     depth_db = (-p["attenuation_db"] * y / height + 1.5 * np.sin(2 * np.pi * y / height * 1.3)
                 + p["gain_db"])
+    if tgc_db is not None:
+        depth_db = depth_db + np.asarray(tgc_db, np.float32)[None, :, None]
     db = 10 * np.log10(amp * amp * power + 1e-12) + depth_db
+    if blur_px > 0:
+        db = ndi.gaussian_filter(db, (0, blur_px, blur_px))
     dr = p["dynamic_range_db"]
     gray = (db + dr) * np.float32(255 / dr)
     gray += p["noise_sigma"] * rng.standard_normal(gray.shape, dtype=np.float32)
