@@ -12,6 +12,10 @@ channels instead of one slice repeated). Every row trains the fast preset's back
 from the same seed on the same volumes for the same number of steps; validation (weight choice)
 is on seeds 50-51 only; the table is on test seeds that nothing was tuned on (default 300-303).
 
+Validation during training scored each model with all its post-NMS proposals (the preset's test
+filter at the time the table was made); every row then had its test-time ROI filter tuned on the
+validation seeds before the test, as the shipped model has.
+
 Writes ``docs/ablation_head.json`` (every row: settings, seconds, validation history, test
 metrics under both weight-selection rules) and prints a Markdown table.
 """

@@ -4,7 +4,7 @@
 
 Writes src_model/weights/fast_default.pt (weights, config and metadata, atomically) and
 docs/default_model.json (training settings, held-out test metrics, timings). The fast preset is
-the ROI refinement head with Dice + CE (chosen by scripts/ablation_head.py). Train (1-10),
+the ROI refinement head with cross-entropy (chosen by scripts/ablation_head.py). Train (1-10),
 validation (50-51: picks the weights by pooled dice and the test-time ROI filter) and test
 (100-107) phantoms have disjoint seeds, so the reported scores are on volumes nothing was tuned
 on. The best weights so far are saved to runs/default_model_partial.pt at every validation.
