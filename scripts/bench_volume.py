@@ -280,6 +280,24 @@ def _write_stream_volume(path: Path, n: int) -> None:
     del out
 
 
+def _print_rows(rows: list, n: int, baseline: float | None) -> None:
+    """Table (a): one row per timed model."""
+    print(f"\n### (a) whole-volume inference, {n} phantom slices of {SHAPE[0]}x{SHAPE[1]}\n")
+    print("| model | slices timed | ms/slice | s/volume ({n} slices) | time vs baseline | "
+          "peak RSS MiB | peak CUDA MiB |".replace("{n}", str(n)))
+    print("|---|---|---|---|---|---|---|")
+    for label, timed, r in rows:
+        if "error" in r:
+            print(f"| {label} | {timed} | error: {r['error']} | | | | |")
+            continue
+        ms = r["ms_per_slice"]
+        ratio = f"{ms / baseline:.2f}x" if baseline else "n/a"
+        subset = "" if timed == n else " (subset; s/volume extrapolated)"
+        cuda = f"{r['cuda_peak_mib']:.0f}" if r["cuda_peak_mib"] is not None else "-"
+        print(f"| {label} | {timed}{subset} | {ms:.1f} | {ms * n / 1000:.2f} | {ratio} | "
+              f"{r['peak_rss_mib']:.0f} | {cuda} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -297,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="time each fast-preset row this many times, report the best")
     p.add_argument("--slow-repeats", type=int, default=1,
                    help="the same for the paper-preset and torchvision rows (1; more on a GPU)")
+    p.add_argument("--fast-only", action="store_true",
+                   help="only the baseline and the fast-default rows of (a)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -343,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                 ("torchvision fasterrcnn_mobilenet_v3_large_fpn (random init, batch 1)",
                  {"kind": "fasterrcnn_mobilenet", "slices": min(n, args.tv_slices),
                   "repeats": args.slow_repeats})]
+        if args.fast_only:
+            jobs = [(name, job) for name, job in jobs if job["kind"] in ("fast", "fast_plain")]
         rows, baseline, seen = [], None, set()
         for name, job in jobs:
             r = _run_worker({**base, **job})
@@ -364,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((label, job["slices"], r))
             print(f"  done: {label}: {r.get('ms_per_slice', r.get('error'))}", file=sys.stderr,
                   flush=True)
+        if args.fast_only:
+            _print_rows(rows, n, baseline)
+            return 0
         cli = _run_worker({"kind": "cli", "tiff": str(tmp / "vol.tif"), "out": str(tmp / "seg"),
                            "device": args.device})
         t0 = time.perf_counter()
@@ -381,20 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "device": args.device})
             (tmp / f"big{length}.tif").unlink()
 
-    print(f"\n### (a) whole-volume inference, {n} phantom slices of {SHAPE[0]}x{SHAPE[1]}\n")
-    print("| model | slices timed | ms/slice | s/volume ({n} slices) | time vs baseline | "
-          "peak RSS MiB | peak CUDA MiB |".replace("{n}", str(n)))
-    print("|---|---|---|---|---|---|---|")
-    for label, timed, r in rows:
-        if "error" in r:
-            print(f"| {label} | {timed} | error: {r['error']} | | | | |")
-            continue
-        ms = r["ms_per_slice"]
-        ratio = f"{ms / baseline:.2f}x" if baseline else "n/a"
-        subset = "" if timed == n else " (subset; s/volume extrapolated)"
-        cuda = f"{r['cuda_peak_mib']:.0f}" if r["cuda_peak_mib"] is not None else "-"
-        print(f"| {label} | {timed}{subset} | {ms:.1f} | {ms * n / 1000:.2f} | {ratio} | "
-              f"{r['peak_rss_mib']:.0f} | {cuda} |")
+    _print_rows(rows, n, baseline)
     paired = {r.get("impl"): r for label, _, r in rows
               if "error" not in r and r.get("roi_coverage") is not None}
     if "dense" in paired and "auto" in paired:

@@ -15,6 +15,8 @@ Quick check of the script itself: ``--slices 24 --steps 3``.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -71,6 +73,7 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--project", help="project folder (default: a temporary one)")
     p.add_argument("--plot", default=str(ROOT / "docs" / "images" / "finetune_plot.png"))
+    p.add_argument("--report", default=str(ROOT / "docs" / "finetune_evidence.json"))
     args = p.parse_args()
 
     from matplotlib.figure import Figure
@@ -119,7 +122,7 @@ def main() -> None:
     def show(record) -> None:
         if record.metrics or record.state != "running" or record.step % 10 == 0:
             loss = f"{sum(record.losses.values()):.4f}" if record.losses else "  -   "
-            dice = record.metrics["per_slice_mean"]["dice"] if record.metrics else None
+            dice = record.metrics["pooled"]["dice"] if record.metrics else None
             print(f"  step {record.step:4d}/{record.total_steps}  loss {loss}"
                   + (f"  validation dice {dice:.3f}" if dice is not None else "")
                   + ("" if record.state == "running" else f"  [{record.state}]"), flush=True)
@@ -146,11 +149,24 @@ def main() -> None:
     fig = Figure(figsize=(6.4, 4.6), dpi=120)
     draw_history(fig, result.history, title=(
         f"fine-tuning on {len(plan.train)} corrected slices, validated on "
-        f"{len(plan.validation)}; other slices: dice {before['per_slice_mean']['dice']:.3f} "
-        f"→ {after['per_slice_mean']['dice']:.3f}"))
+        f"{len(plan.validation)}; other slices: pooled dice {before['pooled']['dice']:.3f} "
+        f"→ {after['pooled']['dice']:.3f}"))
     Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.plot)
     print(f"live-plot figure: {args.plot}")
+    keep = ("per_slice_mean", "pooled", "object")
+    Path(args.report).write_text(json.dumps({
+        "command": "scripts/finetune_evidence.py " + " ".join(sys.argv[1:]), "model": source,
+        "seed": args.seed, "slices": args.slices, "corrected": corrected,
+        "train_slices": list(plan.train), "validation_slices": list(plan.validation),
+        "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
+        "state": result.state, "steps_done": result.steps_done, "other_slices": len(others),
+        "other_slices_with_object": len(with_object),
+        "before": {k: before[k] for k in keep}, "after": {k: after[k] for k in keep},
+        "seconds": {"predict": round(t_predict, 1), "finetune": round(t_finetune, 1),
+                    "resegment": round(t_resegment, 1)},
+        "torch_threads": torch.get_num_threads()}, indent=1))
+    print(f"report: {args.report}")
 
 
 if __name__ == "__main__":
