@@ -85,6 +85,50 @@ def decoder_shapes(div: int) -> list[tuple]:
     return out
 
 
+def head_rows(device, batches, coverages, repeats: int, warmup: int) -> None:
+    """The fast preset's ROI refinement head (fc6, fc7, three decoder levels, score; random
+    weights, eval mode) on a 367x192 slice: its window path (what the model runs) against
+    ``refine_head_reference`` (every layer dense over the whole grid, then masked). One centred
+    box per image covering the given fraction of the slice."""
+    from src_model.refine_head import RoiRefineHead, refine_head_reference
+
+    cfg = get_preset("fast")
+    backbone = VGG16Backbone(cfg.width_divisor, cfg.conv1_padding, cfg.ceil_mode).to(device)
+    head = RoiRefineHead.from_config(cfg, backbone).to(device).eval()
+    for prm in head.parameters():
+        torch.nn.init.normal_(prm, std=0.05)
+    print(f"# ROI refinement head (fast preset, decoder {cfg.decoder_channels}): window path vs "
+          "full-grid dense reference")
+    print(f"{'batch':>5} {'cover':>6} | {'fwd full':>9} {'window':>8} {'x':>6} | "
+          f"{'f+b full':>9} {'window':>8} {'x':>6}")
+    for batch in batches:
+        images = pad_to_multiple(torch.rand(batch, 1, *SLICE, device=device), 16)
+        with torch.no_grad():
+            features, skips = backbone.forward_with_skips(images, head.skip_strides)
+        for cov in coverages:
+            side_h, side_w = SLICE[0] * cov ** 0.5, SLICE[1] * cov ** 0.5
+            y0, x0 = (SLICE[0] - side_h) / 2, (SLICE[1] - side_w) / 2
+            rois = [torch.tensor([[x0, y0, x0 + side_w, y0 + side_h]], device=device)] * batch
+
+            def run(fn, backward: bool):
+                leaves = [features.detach().requires_grad_(backward)] + [
+                    skips[s].detach().requires_grad_(backward) for s in head.skip_strides]
+                skip_map = dict(zip(head.skip_strides, leaves[1:]))
+                with torch.set_grad_enabled(backward):
+                    out = fn(leaves[0], skip_map)
+                    if backward:
+                        out.sum().backward()
+
+            window = lambda f, sk: head(f, SLICE, rois, sk)  # noqa: E731
+            full = lambda f, sk: refine_head_reference(head, f, SLICE, rois, sk)  # noqa: E731
+            t = {(name, bwd): timed(functools.partial(run, fn, bwd), device, repeats, warmup)
+                 for name, fn in (("full", full), ("window", window)) for bwd in (False, True)}
+            print(f"{batch:>5} {cov:>6.1%} | {t['full', False]:>7.1f}ms {t['window', False]:>6.1f}ms "
+                  f"{t['full', False] / t['window', False]:>6.2f} | {t['full', True]:>7.1f}ms "
+                  f"{t['window', True]:>6.1f}ms {t['full', True] / t['window', True]:>6.2f}",
+                  flush=True)
+
+
 def coverage_mask(n: int, size: tuple[int, int], target: float, gen: torch.Generator) -> Tensor:
     """Union of random boxes per image covering ``round(target * cells)`` cells (at least one):
     boxes are placed at random with an area at most the number of cells still missing, so the
@@ -222,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dense-every-row", action="store_true")
     ap.add_argument("--phantom-slices", type=int, default=None)
     ap.add_argument("--no-real-rois", action="store_true")
+    ap.add_argument("--head", action="store_true",
+                    help="also time the whole ROI refinement head: window path vs full grid")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -298,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     print("# equality (sparse vs dense, float32"
           + (", TF32 off" if device.type == "cuda" else "") + ")")
     print("\n".join(equality))
+    if args.head:
+        head_rows(device, args.batches, args.coverages, repeats, warmup)
     if not args.no_real_rois:
         print(f"# ROI-union coverage of real proposals on fc6 ({slices} phantom slices, seed 0)")
         for line in real_roi_coverage(device, slices, paper=True):

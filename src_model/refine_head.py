@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .geometry import GridGeometry, layer_geometry
 from .roi_conv import IMPLS, RoiConv2d, boxes_to_cell_mask, output_size
 
-__all__ = ["RoiRefineHead"]
+__all__ = ["RoiRefineHead", "refine_head_reference"]
 
 
 def _nests(geometry: GridGeometry) -> bool:
@@ -152,25 +152,29 @@ class RoiRefineHead(nn.Module):
             return logits + 0.0 * self.score.bias.sum()  # keeps the graph for backward
         x = self.drop6(F.relu(self.fc6(features, mask)))
         x = self.drop7(F.relu(self.fc7(x, mask)))
-        # The decoder runs on the window only: fine cells nest in coarse ones, so every active
-        # cell of a finer level lies inside the scaled window, and the one-cell halo holds every
-        # input a 3x3 convolution at an active cell reads. Same numbers as the full grid.
+        # Every level runs on its own window: the bounding rectangle of its active cells plus a
+        # one-cell halo of that level (all a 3x3 convolution at an active cell reads). Fine
+        # cells nest in coarse ones, so a level's window lies inside the coarser window scaled
+        # x2, and the up-sampled coarse values it needs are there. Same numbers as the full grid.
         r0, r1, c0, c1 = window
         x = x[..., r0:r1, c0:c1]
-        top = int(self.geometry.stride)
         for stride, conv in zip(self.skip_strides, self.decoder):
-            k = top // stride
-            skip = skips[stride][..., r0 * k:r1 * k, c0 * k:c1 * k]
-            cells = boxes_to_cell_mask(_shift(rois, c0 * top, r0 * top), tuple(skip.shape[-2:]),
-                                       stride, stride / 2.0).to(skip.device)
-            up = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
-            x = F.relu(conv(_cat(up, skip), cells))
+            skip = skips[stride]
+            cells = boxes_to_cell_mask(rois, tuple(skip.shape[-2:]), stride, stride / 2.0)
+            fine = _active_window(cells)
+            assert fine is not None  # a coarse active cell always has an active child
+            f0, f1, g0, g1 = fine
+            up = F.interpolate(x, scale_factor=2, mode="nearest")
+            up = up[..., f0 - 2 * r0:f1 - 2 * r0, g0 - 2 * c0:g1 - 2 * c0]
+            cells = cells[..., f0:f1, g0:g1].to(skip.device)
+            x = F.relu(conv(_cat(up, skip[..., f0:f1, g0:g1]), cells))
+            r0, r1, c0, c1 = fine
         x = self.score(x, cells)
         finest = self.skip_strides[-1]
         if finest > 1:
             # align_corners=False puts input cell i at pixel s*i + s/2 - 0.5: the nesting grid.
             x = F.interpolate(x, scale_factor=finest, mode="bilinear", align_corners=False)
-        y0, x0 = r0 * top, c0 * top
+        y0, x0 = r0 * finest, c0 * finest
         y1, x1 = min(h, y0 + x.shape[-2]), min(w, x0 + x.shape[-1])
         logits[..., y0:y1, x0:x1] = x[..., : y1 - y0, : x1 - x0]
         return logits
@@ -189,12 +193,29 @@ def _active_window(mask: Tensor) -> tuple[int, int, int, int] | None:
             max(0, int(c[0]) - 1), min(w, int(c[-1]) + 2))
 
 
-def _shift(rois: list[Tensor], dx: float, dy: float) -> list[Tensor]:
-    """Boxes moved into a window's coordinates (its top-left corner at ``(dx, dy)``)."""
-    offset = torch.tensor([dx, dy, dx, dy])
-    return [b - offset.to(b) for b in rois]
-
-
 def _cat(up: Tensor, skip: Tensor) -> Tensor:
     """Channel concat in the skip's memory layout (the backbone runs channels_last)."""
     return torch.cat([up.contiguous(memory_format=torch.channels_last), skip], dim=1)
+
+
+def refine_head_reference(head: RoiRefineHead, features: Tensor, image_size: tuple[int, int],
+                          rois: list[Tensor], skips: dict[int, Tensor]) -> Tensor:
+    """The same head computed the plain way, for tests and benchmarks: every layer a dense
+    convolution over the whole grid, masked to its level's ROI cells (Eq. 1 literally), then
+    bilinear up-sampling and the crop. Equal to ``head(...)`` inside the ROI pixel union (dropout
+    off); costs the full grid whatever the ROIs."""
+    top = int(head.geometry.stride)
+    mask = boxes_to_cell_mask(rois, tuple(features.shape[-2:]), top, top / 2).to(features.device)
+    x = F.relu(F.conv2d(features, head.fc6.weight, head.fc6.bias,
+                        padding=head.fc6.padding)) * mask
+    x = F.relu(F.conv2d(x, head.fc7.weight, head.fc7.bias)) * mask
+    for stride, conv in zip(head.skip_strides, head.decoder):
+        skip = skips[stride]
+        mask = boxes_to_cell_mask(rois, tuple(skip.shape[-2:]), stride, stride / 2).to(skip.device)
+        up = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+        x = F.relu(F.conv2d(torch.cat([up, skip], 1), conv.weight, conv.bias, padding=1)) * mask
+    x = F.conv2d(x, head.score.weight, head.score.bias) * mask
+    finest = head.skip_strides[-1]
+    if finest > 1:
+        x = F.interpolate(x, scale_factor=finest, mode="bilinear", align_corners=False)
+    return x[..., : image_size[0], : image_size[1]]

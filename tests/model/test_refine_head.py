@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from src_model.backbone import VGG16Backbone
 from src_model.config import ModelConfig, get_preset
 from src_model.losses import seg_loss, soft_dice_loss
 from src_model.model import RPNFCN, build_model
-from src_model.refine_head import RoiRefineHead
-from src_model.roi_conv import boxes_to_cell_mask, boxes_to_pixel_mask
+from src_model.refine_head import RoiRefineHead, refine_head_reference
+from src_model.roi_conv import boxes_to_pixel_mask
 
 from .conftest import gt_box, phantom_slice, tiny_config
 
@@ -33,25 +32,6 @@ def _head_and_inputs(decoder=DECODER, n=2, size=(96, 80), seed=0):
     return head, features, skips, size
 
 
-def _reference(head, features, skips, size, rois):
-    """The decoder on the whole grid: every layer a dense convolution masked to its level's ROI
-    cells (Eq. 1 literally), then bilinear up-sampling, then crop."""
-    top = int(head.geometry.stride)
-    mask = boxes_to_cell_mask(rois, tuple(features.shape[-2:]), top, top / 2)
-    x = F.relu(F.conv2d(features, head.fc6.weight, head.fc6.bias, padding=1)) * mask
-    x = F.relu(F.conv2d(x, head.fc7.weight, head.fc7.bias)) * mask
-    for stride, conv in zip(head.skip_strides, head.decoder):
-        skip = skips[stride]
-        mask = boxes_to_cell_mask(rois, tuple(skip.shape[-2:]), stride, stride / 2)
-        up = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
-        x = F.relu(F.conv2d(torch.cat([up, skip], 1), conv.weight, conv.bias, padding=1)) * mask
-    x = F.conv2d(x, head.score.weight, head.score.bias) * mask
-    s = head.skip_strides[-1]
-    if s > 1:
-        x = F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)
-    return x[..., : size[0], : size[1]]
-
-
 ROIS = [
     [torch.tensor([[20.0, 30.0, 44.0, 41.0]]), torch.tensor([[50.0, 10.0, 70.0, 25.0]])],
     [torch.tensor([[3.0, 60.0, 15.0, 90.0], [40.0, 5.0, 52.0, 12.0]]), torch.zeros((0, 4))],
@@ -67,7 +47,7 @@ def test_window_path_equals_the_full_grid_reference_with_gradients(rois, impl):
     feats = features.detach().requires_grad_(True)
     skip_leaves = {s: t.detach().requires_grad_(True) for s, t in skips.items()}
     got = head(feats, size, rois, skip_leaves)
-    want = _reference(head, feats, skip_leaves, size, rois)
+    want = refine_head_reference(head, feats, size, rois, skip_leaves)
     region = boxes_to_pixel_mask(rois, size)[:, None]
     # Inside the ROIs (where predictions and losses are read) the numbers are the reference's.
     torch.testing.assert_close(got * region, want * region, atol=1e-5, rtol=1e-4)
