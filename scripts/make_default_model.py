@@ -90,7 +90,8 @@ def main() -> None:
     train_s = time.perf_counter() - t0
     meta = {
         "description": "napari-roiseg default model: fast preset trained on phantom volumes",
-        "training": {**cfg.to_dict(), "state": outcome.state, "best_step": outcome.best_step,
+        "training": {**cfg.to_dict(), "state": outcome.state, "steps_done": outcome.steps_done,
+                     "best_step": outcome.best_step,
                      "seconds": round(train_s, 1)},
         "data": {"train": [v.name for v in train],
                  "validation": f"phantom:{args.val_seeds} every 4th slice",

@@ -110,9 +110,15 @@ def describe_model(net: Any, metadata: dict[str, Any] | None, source: str) -> st
     if version:
         parts.append(f"v{version}")
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
-    steps = training.get("steps_done", training.get("steps"))
+    steps = training.get("steps_done")
+    if steps is None and training.get("state") in (None, "finished"):
+        steps = training.get("steps")  # a finished run did all its planned steps
     if steps is not None:
         parts.append(f"{steps} training steps")
+    elif training.get("state"):
+        parts.append(f"training {training['state']} early")
+    if training.get("best_step") is not None:
+        parts.append(f"weights of step {training['best_step']}")
     if isinstance(meta.get("date"), str):
         parts.append(meta["date"][:10])
     return f"{' · '.join(parts)} ({source})"

@@ -291,7 +291,9 @@ def test_history_and_figure_without_qt():
 
     from src_model.train import TrainProgress
 
-    m = lambda d: {"per_slice_mean": {"dice": d, "precision": d, "recall": d}}  # noqa: E731
+    # The plot follows pooled dice (what picks the weights), not the per-slice mean.
+    m = lambda d: {"pooled": {"dice": d, "precision": d, "recall": d},  # noqa: E731
+                   "per_slice_mean": {"dice": 0.0, "precision": 0.0, "recall": 0.0}}
     h = TrainingHistory()
     h.add(TrainProgress(0, 4, {}, 1e-4, 0.0, metrics=m(0.3)))
     h.add(TrainProgress(1, 4, {"a": 1.0, "b": 0.5}, 1e-4, 0.1, best_step=0))

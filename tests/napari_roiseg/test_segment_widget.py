@@ -409,3 +409,18 @@ def test_shipped_default_model_loads(make_napari_viewer):
     assert widget._model_source.value == "shipped default"
     assert widget.load_model() is not None
     assert "fast preset" in widget.model_text and "shipped default" in widget.model_text
+
+
+def test_model_line_says_a_stopped_run_and_which_weights_it_kept():
+    from types import SimpleNamespace
+
+    from napari_roiseg._widgets.segment_widget import describe_model
+
+    net = SimpleNamespace(config=SimpleNamespace(preset="fast", arch="rpn_fcn"))
+    stopped = {"training": {"steps": 2400, "state": "stopped", "best_step": 1400}}
+    line = describe_model(net, stopped, "shipped default")
+    assert "stopped early" in line and "weights of step 1400" in line and "2400" not in line
+    finished = {"training": {"steps": 300, "state": "finished"}}
+    assert "300 training steps" in describe_model(net, finished, "file")
+    assert "120 training steps" in describe_model(
+        net, {"training": {"steps": 300, "steps_done": 120, "state": "stopped"}}, "file")
