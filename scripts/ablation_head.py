@@ -46,7 +46,95 @@ ROWS = {
     "refine_ce": {"decoder_channels": (64, 32, 16), "seg_loss": "ce"},
     "refine_dice_ce": {"decoder_channels": (64, 32, 16), "seg_loss": "dice_ce"},
     "refine_s4_dice_ce": {"decoder_channels": (64, 32), "seg_loss": "dice_ce"},
+    # 2.5D: slices z-1, z, z+1 as VGG's three channels. Validation during training scored all
+    # proposals when the first rows were made (test_score_threshold None), so this row does too.
+    "refine_ce_2p5d": {"decoder_channels": (64, 32, 16), "seg_loss": "ce",
+                       "test_score_threshold": None, "_context": 1},
 }
+
+
+class ContextSlices(torch.utils.data.Dataset):
+    """A ``SliceDataset`` whose items carry the neighbouring slices: ``Tensor[3, H, W]`` = slices
+    z-1, z, z+1 (clamped at the volume's ends), all three augmented alike (the augmentation's
+    flip, gamma, gain, speckle and shift act on an ``(H, W, 3)`` stack)."""
+
+    def __init__(self, base) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        from src_model.data import gt_box_from_mask
+
+        v, s = self.base.index[i]
+        vol, lab = self.base.volumes[v]
+        z = [min(max(s + d, 0), len(vol) - 1) for d in (-1, 0, 1)]
+        image = np.stack([np.asarray(vol[k], np.float32) / 255.0 for k in z], axis=-1)
+        mask = np.asarray(lab[s]) != 0
+        if self.base.augment is not None:
+            rng = np.random.default_rng((self.base.seed, int(i), int(self.base._draws[i])))
+            self.base._draws[i] += 1
+            image, mask = self.base.augment(image, mask, rng)
+        image = np.ascontiguousarray(np.moveaxis(image, -1, 0), dtype=np.float32)
+        return torch.from_numpy(image), {
+            "boxes": torch.from_numpy(gt_box_from_mask(mask)),
+            "masks": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))}
+
+
+def segment_2p5d(model, volume: np.ndarray, every: int = 1, score_threshold=None, top_k=None,
+                 batch: int = 8) -> np.ndarray:
+    """Masks of every ``every``-th slice of a uint8 volume, each fed with its neighbours."""
+    vol = volume.astype(np.float32) / 255.0
+    index = np.arange(0, len(vol), every)
+    out = np.zeros((len(index), *vol.shape[1:]), np.uint8)
+    with torch.no_grad():
+        for a in range(0, len(index), batch):
+            zs = index[a:a + batch]
+            x = np.stack([vol[np.clip([z - 1, z, z + 1], 0, len(vol) - 1)] for z in zs])
+            res = model(torch.from_numpy(x), score_threshold=score_threshold, top_k=top_k)
+            out[a:a + len(zs)] = np.stack([r["mask"].numpy() for r in res])
+    return out
+
+
+def run_row_2p5d(name: str, overrides: dict, train, val_vols, test, args) -> dict:
+    """The 2.5D row: trained like the others but without in-training validation (the library's
+    validation feeds single slices); its last weights are kept (the 2D refinement rows also kept
+    their last step). The ROI filter is tuned on the validation volumes, then the test."""
+    from src_model.data import SliceDataset
+    from src_model.metrics import evaluate_masks
+
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=0)
+    torch.manual_seed(0)
+    model = build_model(get_preset("fast", **overrides))
+    base = SliceDataset([(v.volume, v.labels) for v in train], negatives=0.25, augment=True,
+                        seed=0)
+    t0 = time.perf_counter()
+    from src_model.generators import drain
+    from src_model.train import train_iter
+
+    outcome = drain(train_iter(model, ContextSlices(base), cfg),
+                    lambda r: None if args.quiet or r.step % 50 else
+                    print(f"  {name} step {r.step} {r.seconds:.0f}s", flush=True))
+    seconds = time.perf_counter() - t0
+    model.eval()
+    truth = np.concatenate([v.labels[::2] for v in val_vols])
+    table_ = []
+    for thr in (0.0, 0.3, 0.5, 0.8, 0.9):
+        for k in (None, 10, 3, 1):
+            pred = np.concatenate([segment_2p5d(model, v.volume, 2, thr, k) for v in val_vols])
+            table_.append((evaluate_masks(pred, truth)["pooled"]["dice"], thr, k))
+    _, thr, k = max(table_, key=lambda r: r[0])
+    pred = np.concatenate([segment_2p5d(model, v.volume, 1, thr, k) for v in test])
+    m = evaluate_masks(pred, np.concatenate([v.labels for v in test]))
+    keep = ("pooled", "per_slice_mean", "per_slice_mean_nonempty", "n_slices",
+            "n_slices_truth_nonempty", "n_slices_pred_nonempty")
+    return {"name": name, "overrides": {kk: list(v) if isinstance(v, tuple) else v
+                                        for kk, v in overrides.items()},
+            "params": count_parameters(model), "train_seconds": round(seconds, 1),
+            "history": [], "pooled_rule": {"step": outcome.steps_done,
+                                           "roi_filter": {"score_threshold": thr, "top_k": k},
+                                           "test": {kk: m[kk] for kk in keep}}}
 
 
 def _seeds(text: str) -> list[int]:
@@ -141,7 +229,7 @@ def main() -> None:
     args = p.parse_args()
     if args.merge:
         reports = [json.loads(Path(f).read_text()) for f in args.merge]
-        rows = sorted((r for rep in reports for r in rep["rows"]),
+        rows = sorted((r for rep in reports for r in rep["rows"]),  # noqa: C414
                       key=lambda r: list(ROWS).index(r["name"]))
         merged = {**reports[0], "rows": rows,
                   "commands": [rep["command"] for rep in reports]}
@@ -165,7 +253,11 @@ def main() -> None:
     rows = [r for r in previous if r["name"] not in names]
     for name in names:
         print(f"row {name}: {ROWS[name]}", flush=True)
-        rows.append(run_row(name, ROWS[name], train, val, val_raw, test, args))
+        overrides = {k: v for k, v in ROWS[name].items() if k != "_context"}
+        if ROWS[name].get("_context"):
+            rows.append(run_row_2p5d(name, overrides, train, val_vols, test, args))
+        else:
+            rows.append(run_row(name, overrides, train, val, val_raw, test, args))
         rows.sort(key=lambda r: list(ROWS).index(r["name"]))
         report = {"command": "scripts/ablation_head.py " + " ".join(
                       f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()

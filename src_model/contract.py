@@ -19,8 +19,9 @@ __all__ = ["check_images", "check_targets", "pad_to_multiple", "eval_outputs"]
 
 
 def check_images(images: Tensor) -> None:
-    """Raise ValueError unless ``images`` is a float ``Tensor[N, 1, H, W]``."""
-    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 1:
+    """Raise ValueError unless ``images`` is a float ``Tensor[N, 1, H, W]`` (or ``N, 3, H, W``:
+    three neighbouring slices z-1, z, z+1 as VGG's three channels, the 2.5D input)."""
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
         shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(
             f"images must be a float Tensor[N, 1, H, W] of grayscale slices in [0, 1]; got {shape}"

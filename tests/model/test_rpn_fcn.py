@@ -155,6 +155,10 @@ def test_invalid_inputs_are_clear_errors():
         model(torch.rand(1, 1, 96, 64))
     with pytest.raises(ValueError, match=r"Tensor\[N, 1, H, W\]"):
         model(torch.rand(1, 96, 64), _targets([mask]))
+    with pytest.raises(ValueError, match=r"Tensor\[N, 1, H, W\]"):
+        model(torch.rand(1, 2, 96, 64), _targets([mask]))
+    # Three channels are three neighbouring slices (the 2.5D input): accepted.
+    assert set(model(torch.rand(1, 3, 96, 64), _targets([mask]))) >= {"loss_seg"}
     bad = [{"boxes": torch.tensor([[5.0, 5.0, 5.0, 9.0]]), "masks": torch.from_numpy(mask)}]
     with pytest.raises(ValueError, match="max_col \\+ 1"):
         model(torch.rand(1, 1, 96, 64), bad)
