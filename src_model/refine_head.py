@@ -128,22 +128,17 @@ class RoiRefineHead(nn.Module):
         self,
         features: Tensor,
         image_size: tuple[int, int],
-        rois: list[Tensor] | None = None,
-        skips: dict[int, Tensor] | None = None,
+        rois: list[Tensor],
+        skips: dict[int, Tensor],
     ) -> Tensor:
         """``Tensor[N, num_classes, H, W]`` logits, exactly 0 at cells outside the ROIs.
 
         ``features`` is conv5_3 ``Tensor[N, C, h16, w16]`` of the padded batch, ``skips`` the
-        block outputs at ``self.skip_strides``, ``rois`` one ``Tensor[K_n, 4]`` per image (None:
-        the whole slice, i.e. a plain U-Net-style FCN).
+        block outputs at ``self.skip_strides``, ``rois`` one ``Tensor[K_n, 4]`` per image.
         """
-        if skips is None or any(s not in skips for s in self.skip_strides):
+        if any(s not in skips for s in self.skip_strides):
             raise ValueError(f"the refinement head needs skip features at strides "
                              f"{self.skip_strides} (backbone.forward_with_skips)")
-        if rois is None:  # whole-slice: one box covering the padded input
-            s = self.geometry.stride
-            whole = [[0.0, 0.0, features.shape[-1] * s, features.shape[-2] * s]]
-            rois = [features.new_tensor(whole)] * features.shape[0]
         mask = self.cell_mask(features, rois)
         h, w = int(image_size[0]), int(image_size[1])
         logits = features.new_zeros((features.shape[0], self.score.out_channels, h, w))
