@@ -44,24 +44,31 @@ def evaluate_model(model, volumes, batch_size: int = 8) -> dict[str, Any]:
     return evaluate_masks(np.concatenate(preds), np.concatenate(truths))
 
 
-def tune_test_rois(model, images: np.ndarray, truth: np.ndarray,
-                   thresholds=(0.0, 0.3, 0.5, 0.8, 0.9), top_ks=(None, 10, 3, 1)):
+def tune_test_rois(model, images: Any, truth: np.ndarray,
+                   thresholds=(0.0, 0.3, 0.5, 0.8, 0.9), top_ks=(None, 10, 3, 1), segment=None):
     """Pick the test-time ROI filter (RPN score threshold, top-k) with the best *pooled* dice
     on validation slices ``images`` (raw, as ``segment_array`` takes them) against ``truth``.
 
     The paper feeds all post-NMS proposals to the ROI convolution; on a small object most of
     those are background, so the shipped model filters them. Pooled dice, not a per-slice mean:
     an empty slice predicted empty would otherwise reward a filter that keeps no box at all.
-    Returns ``(score_threshold, top_k, table)``; ``model.config`` is not changed.
+    ``segment(images, model, score_threshold, top_k) -> masks`` replaces ``segment_array`` for
+    models fed another way (the ablation's 2.5D row). Returns ``(score_threshold, top_k,
+    table)``; ``model.config`` is not changed.
     """
     from src_model.metrics import evaluate_masks
 
     from .segment import segment_array
 
+    if segment is None:
+        def segment(images, model, score_threshold, top_k):
+            return segment_array(images, model, score_threshold=score_threshold,
+                                 top_k=top_k).labels
+
     table = []
     for thr in thresholds:
         for k in top_ks:
-            pred = segment_array(images, model, score_threshold=thr, top_k=k).labels
+            pred = segment(images, model, thr, k)
             m = evaluate_masks(pred, truth)
             table.append({"score_threshold": thr, "top_k": k, "pooled_dice": m["pooled"]["dice"],
                           "dice": m["per_slice_mean"]["dice"]})
@@ -91,7 +98,7 @@ def run_comparison(
     from src_model.model import build_model
     from src_model.train import TrainConfig
 
-    from .train_job import load_source, show_progress, train_model
+    from .train_job import load_source, show_progress, train_model, validation_arrays
 
     archs = [a for a in archs.split(",") if a] if isinstance(archs, str) else list(archs)
     losses = [x for x in losses.split(",") if x] if isinstance(losses, str) else list(losses)
@@ -104,8 +111,7 @@ def run_comparison(
                          "be seen in training or in a choice")
     train = [load_source(f"phantom:{s}:{slices}") for s in train_seeds]
     val = [load_source(f"phantom:{s}:{slices}") for s in val_seeds]
-    val_raw = (np.concatenate([v.volume[::2] for v in val]),
-               np.concatenate([v.labels[::2] for v in val]))
+    val_raw = validation_arrays(val, every=2, normalize=False)
     test = [load_source(f"phantom:{s}:{slices}") for s in test_seeds]
     cfg = TrainConfig(steps=steps, batch_size=batch_size, seed=seed)
     rows = []

@@ -58,12 +58,16 @@ def load_source(spec: str, shape: tuple[int, int] | None = None) -> LabelledVolu
     return LabelledVolume(folder.name, volume, (labels != 0).astype(np.uint8))
 
 
-def validation_arrays(volumes: Iterable[LabelledVolume], every: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Stack (every ``every``-th) slice of the volumes into normalised slices + truth for validation."""
+def validation_arrays(volumes: Iterable[LabelledVolume], every: int = 1,
+                      normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Stack (every ``every``-th) slice of the volumes into slices + truth for validation:
+    normalised float32 (what training's validation takes), or with ``normalize=False`` the raw
+    slices (what ``segment_array`` takes)."""
     from src_model.preprocess import normalize_slices
 
     vols = list(volumes)
-    images = np.concatenate([normalize_slices(v.volume[::every]) for v in vols])
+    prepare = normalize_slices if normalize else (lambda a: a)
+    images = np.concatenate([prepare(v.volume[::every]) for v in vols])
     truth = np.concatenate([v.labels[::every] for v in vols])
     return images, truth
 

@@ -118,23 +118,20 @@ def run_row_2p5d(name: str, overrides: dict, train, val_vols, test, args) -> dic
                     print(f"  {name} step {r.step} {r.seconds:.0f}s", flush=True))
     seconds = time.perf_counter() - t0
     model.eval()
+
+    def every_2nd(volumes, net, thr, k):  # the validation slices, each with its neighbours
+        return np.concatenate([segment_2p5d(net, v.volume, 2, thr, k) for v in volumes])
+
     truth = np.concatenate([v.labels[::2] for v in val_vols])
-    table_ = []
-    for thr in (0.0, 0.3, 0.5, 0.8, 0.9):
-        for k in (None, 10, 3, 1):
-            pred = np.concatenate([segment_2p5d(model, v.volume, 2, thr, k) for v in val_vols])
-            table_.append((evaluate_masks(pred, truth)["pooled"]["dice"], thr, k))
-    _, thr, k = max(table_, key=lambda r: r[0])
+    thr, k, _ = tune_test_rois(model, val_vols, truth, segment=every_2nd)
     pred = np.concatenate([segment_2p5d(model, v.volume, 1, thr, k) for v in test])
-    m = evaluate_masks(pred, np.concatenate([v.labels for v in test]))
-    keep = ("pooled", "per_slice_mean", "per_slice_mean_nonempty", "n_slices",
-            "n_slices_truth_nonempty", "n_slices_pred_nonempty")
+    m = _kept(evaluate_masks(pred, np.concatenate([v.labels for v in test])))
     return {"name": name, "overrides": {kk: list(v) if isinstance(v, tuple) else v
                                         for kk, v in overrides.items()},
             "params": count_parameters(model), "train_seconds": round(seconds, 1),
             "history": [], "pooled_rule": {"step": outcome.steps_done,
                                            "roi_filter": {"score_threshold": thr, "top_k": k},
-                                           "test": {kk: m[kk] for kk in keep}}}
+                                           "test": m}}
 
 
 def _seeds(text: str) -> list[int]:
@@ -187,10 +184,14 @@ def _tuned_scores(model, val_raw, test) -> dict:
 
 
 def _scores(model, test) -> dict:
-    m = evaluate_model(model, test)
+    return _kept(evaluate_model(model, test))
+
+
+def _kept(metrics: dict) -> dict:
+    """The summary of ``evaluate_masks`` the report keeps (no per-slice lists)."""
     keep = ("pooled", "per_slice_mean", "per_slice_mean_nonempty", "n_slices",
             "n_slices_truth_nonempty", "n_slices_pred_nonempty")
-    return {k: m[k] for k in keep}
+    return {k: metrics[k] for k in keep}
 
 
 def table(rows: list[dict]) -> str:
@@ -243,8 +244,7 @@ def main() -> None:
     train = [load_source(f"phantom:{s}:{args.slices}") for s in _seeds(args.train_seeds)]
     val_vols = [load_source(f"phantom:{s}:{args.slices}") for s in _seeds(args.val_seeds)]
     val = validation_arrays(val_vols, every=2)
-    val_raw = (np.concatenate([v.volume[::2] for v in val_vols]),
-               np.concatenate([v.labels[::2] for v in val_vols]))
+    val_raw = validation_arrays(val_vols, every=2, normalize=False)
     if args.threads:
         torch.set_num_threads(args.threads)
     test = [load_source(f"phantom:{s}:{args.slices}") for s in _seeds(args.test_seeds)]

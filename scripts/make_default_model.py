@@ -18,7 +18,6 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from napari_roiseg.compare import evaluate_model, tune_test_rois
@@ -55,8 +54,7 @@ def main() -> None:
     vlo, vhi = (int(t) for t in args.val_seeds.split("-"))
     val_volumes = [load_source(f"phantom:{s}:{args.slices}") for s in range(vlo, vhi + 1)]
     val = validation_arrays(val_volumes, every=4)
-    val_raw = (np.concatenate([v.volume[::4] for v in val_volumes]),  # what segment_array gets
-               np.concatenate([v.labels[::4] for v in val_volumes]))
+    val_raw = validation_arrays(val_volumes, every=4, normalize=False)  # for segment_array
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       lr_step=args.lr_step, eval_every=args.eval_every, seed=0)
     if args.tune_only:

@@ -56,3 +56,19 @@ def test_merge_joins_parallel_runs_in_method_order_and_refuses_other_budgets(tmp
     c = _results(tmp_path, "c", ["fcn_nopool5"], steps=100)
     with pytest.raises(ValueError, match="steps"):
         compare.merge_results([a, c], tmp_path / "out2")
+
+
+def test_validation_arrays_raw_or_normalised_take_the_same_slices():
+    from napari_roiseg.train_job import LabelledVolume, validation_arrays
+
+    vols = [LabelledVolume(f"v{i}", np.full((5, 4, 3), 51 * i, np.uint8),
+                           np.arange(5, dtype=np.uint8)[:, None, None] * np.ones((5, 4, 3),
+                                                                                  np.uint8))
+            for i in (1, 2)]
+    raw, truth = validation_arrays(vols, every=2, normalize=False)
+    norm, truth2 = validation_arrays(vols, every=2)
+    assert raw.dtype == np.uint8 and raw.shape == (6, 4, 3) and raw[0, 0, 0] == 51
+    assert raw[3, 0, 0] == 102  # the second volume's slices follow the first's
+    np.testing.assert_array_equal(truth, truth2)
+    assert truth[:, 0, 0].tolist() == [0, 2, 4, 0, 2, 4]
+    assert norm.dtype == np.float32 and np.allclose(norm, raw / 255.0)
