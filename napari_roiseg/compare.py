@@ -3,8 +3,9 @@ vs FCN-noPool5 vs U-Net.
 
 Every method gets the same training volumes, steps, batch size, optimiser and seed, and every loss
 option (``--losses``); each is reported with the loss that scored best on the *validation*
-volumes, and RPN-FCN rows with the test-time ROI filter picked there too (:func:`tune_test_rois`;
-"all proposals" is the paper's setting, also reported). The test volumes (other seeds) are never
+volumes, and RPN-FCN rows with the test-time ROI filter and ROI margin picked there too
+(:func:`tune_test_rois`, :func:`tune_roi_margin`; "all proposals" is the paper's setting, also
+reported). The test volumes (other seeds) are never
 seen in training or in any choice. Scores are the paper's (per-slice mean over all test slices),
 the per-slice mean over slices with an object in truth or prediction, and the pooled (pixel) scores
 the authors' code computed; inference ms/slice is timed on the test volumes in the same run.
@@ -76,6 +77,30 @@ def tune_test_rois(model, images: Any, truth: np.ndarray,
     return best["score_threshold"], best["top_k"], table
 
 
+def tune_roi_margin(model, images: Any, truth: np.ndarray, margins=(0, 4, 8, 16)):
+    """Pick ``test_roi_margin`` (px grown on each side of a test ROI before the head) with the
+    best pooled dice on validation slices, with the model's current ROI filter (tune that first:
+    :func:`tune_test_rois`). A box a few pixels too tight cuts the structure's edge off the
+    mask; a wider window costs head time in proportion to its area, so ties go to the smaller
+    margin. Returns ``(margin, table)``; ``model.config`` is left as it was.
+    """
+    from src_model.metrics import evaluate_masks
+
+    from .segment import segment_array
+
+    config, table = model.config, []
+    try:
+        for margin in margins:
+            model.config = config.replace(test_roi_margin=int(margin))
+            m = evaluate_masks(segment_array(images, model).labels, truth)
+            table.append({"test_roi_margin": int(margin), "pooled_dice": m["pooled"]["dice"],
+                          "dice": m["per_slice_mean"]["dice"]})
+    finally:
+        model.config = config
+    best = max(table, key=lambda r: (round(r["pooled_dice"], 4), -r["test_roi_margin"]))
+    return best["test_roi_margin"], table
+
+
 def run_comparison(
     train_seeds: Sequence[int],
     test_seeds: Sequence[int],
@@ -135,8 +160,11 @@ def run_comparison(
                 paper = _scores(model, test, val_raw)  # all post-NMS proposals, as the paper
                 thr, k, _ = tune_test_rois(model, *val_raw)
                 model.config = model.config.replace(test_score_threshold=thr, test_top_k=k)
+                margin, _ = tune_roi_margin(model, *val_raw)
+                model.config = model.config.replace(test_roi_margin=margin)
                 run["all_proposals"] = paper
-                run["roi_filter"] = {"score_threshold": thr, "top_k": k}
+                run["roi_filter"] = {"score_threshold": thr, "top_k": k,
+                                     "test_roi_margin": margin}
             run.update(_scores(model, test, val_raw))
             runs.append(run)
         best = max(runs, key=lambda r: r["validation_pooled_dice"])

@@ -53,7 +53,9 @@ __all__ = [
 @dataclass(frozen=True)
 class FinetuneConfig:
     """Fine-tuning settings. ``epochs`` (when set) overrides ``steps``: one epoch is one pass over
-    the training slices. ``eval_every`` 0 validates about 20 times per run."""
+    the training slices. ``eval_every`` 0 validates about 20 times per run. ``anchors``: "auto"
+    refits the RPN anchors to the training slices' boxes when the model's own match them poorly
+    (``src_model.anchor_fit.adapt_config_anchors``), "fit" always, "keep" never."""
 
     steps: int = 60
     epochs: float | None = None
@@ -63,6 +65,7 @@ class FinetuneConfig:
     eval_every: int = 0
     seed: int = 0
     device: str = "auto"
+    anchors: str = "auto"
 
     def total_steps(self, n_train: int) -> int:
         if self.epochs is not None:
@@ -164,10 +167,12 @@ class FinetuneResult:
     seconds: float
     parent: str | None = None
     version: str | None = None
+    anchors: dict[str, Any] | None = None
 
     def info(self, config: FinetuneConfig) -> dict[str, Any]:
         """Plain-data description stored with the version."""
         return {"parent": self.parent, "state": self.state, "steps_done": self.steps_done,
+                "anchors": self.anchors,
                 "train_slices": list(self.train), "validation_slices": list(self.validation),
                 "negative_slices": list(self.negatives), "seconds": round(self.seconds, 2),
                 "metrics_before": metrics_summary(self.before),
@@ -184,6 +189,31 @@ def check_labels_shape(image_shape: Sequence[int], labels_shape: Sequence[int]) 
             f"the labels have shape {labels_shape} but the image has shape {image_shape}: the "
             "corrected labels must be the image's mask (same slices, height and width). Choose "
             "the Labels layer made for this image, or segment it first to get one")
+
+
+def adapt_anchors(net: Any, labels: np.ndarray, mode: str = "auto") -> tuple[Any, dict | None]:
+    """``net`` (RPN-FCN) with its RPN anchors fitted to the boxes of ``labels`` (S, H, W) when
+    ``mode`` is "fit", or "auto" and its own anchors match those boxes poorly; the same number
+    of sizes and ratios, so every weight is reused (the model is rebuilt and loads them).
+    Returns ``(model, info)``; info None for models without an RPN or without labelled boxes."""
+    if mode not in ("auto", "fit", "keep"):
+        raise ValueError(f"anchors must be 'auto', 'fit' or 'keep', got {mode!r}")
+    config = getattr(net, "config", None)
+    if mode == "keep" or config is None or config.arch != "rpn_fcn":
+        return net, None
+    from src_model.anchor_fit import adapt_config_anchors, boxes_from_labels
+
+    boxes = boxes_from_labels(labels)
+    if not len(boxes):
+        return net, None
+    new, info = adapt_config_anchors(config, boxes, below=2.0 if mode == "fit" else None)
+    if not info["refit"]:
+        return net, info
+    from src_model.model import build_model
+
+    rebuilt = build_model(new)
+    rebuilt.load_state_dict(net.state_dict())
+    return rebuilt.to(next(net.parameters()).device), info
 
 
 def _as_array(data: Any) -> np.ndarray:
@@ -242,6 +272,7 @@ def iter_finetune(
                          f"(0..{volume.shape[0] - 1})")
     truth[negatives] = 0
     net = copy.deepcopy(load_model(model))  # the caller's model (a version, the default) stays
+    net, anchors = adapt_anchors(net, truth[train], config.anchors)
     # Scale as inference does, with whole-volume statistics. uint8 is simply divided by 255
     # (SliceDataset does that itself), so only the slices used are converted. SliceDataset would
     # re-normalise other dtypes on the training subset alone: they go in as the whole-volume
@@ -278,7 +309,7 @@ def iter_finetune(
         net, outcome.state, outcome.steps_done, tuple(train), tuple(validation), tuple(negatives),
         outcome.history[0].metrics if val is not None and outcome.history else None,
         outcome.best_metrics, history, last.message if last else "", time.perf_counter() - t0,
-        parent)
+        parent, anchors=anchors)
     if project is not None and result.steps_done > 0 and result.state in ("finished", "stopped"):
         result.version = project.add_version(net, result.info(config))
     return result
@@ -303,6 +334,7 @@ def finetune(
     project: str | os.PathLike | Project | None = None,
     device: str = "auto",
     seed: int = 0,
+    anchors: str = "auto",
     on_progress: Callable[[Any], None] | None = None,
 ) -> nn.Module:
     """Fine-tune a model on corrected slices and return the new model version.
@@ -332,6 +364,11 @@ def finetune(
         Slices without acetabulum, trained as empty masks.
     lr, batch_size, augment, seed, device
         Adam learning rate, slices per step, ultrasound augmentation, seed, "auto"/"cpu"/"cuda".
+    anchors : {"auto", "fit", "keep"}
+        RPN anchor sizes/ratios: "auto" fits them to the training slices' boxes when the
+        model's own match those boxes poorly (a structure much larger or of another shape than
+        the phantom's acetabulum), "fit" always, "keep" never. The counts stay, so every weight
+        is reused; the anchors are stored in the new version's config.
     project : folder or Project, optional
         Save the result there as a new version (``versions/vNNN.pt``) and make it current; a
         new project first saves the starting model as ``v000``. With a locked set the new
@@ -371,13 +408,13 @@ def finetune(
         return _finetune(image, labels, slices, model, steps, validation=validation,
                          negatives=negatives, lr=lr, batch_size=batch_size, epochs=epochs,
                          augment=augment, project=project, device=device, seed=seed,
-                         on_progress=on_progress)
+                         anchors=anchors, on_progress=on_progress)
 
 
 def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any, steps: int, *,
               validation: Sequence[int] | None, negatives: Sequence[int], lr: float,
               batch_size: int, epochs: float | None, augment: bool, project: Any, device: str,
-              seed: int, on_progress: Callable[[Any], None] | None) -> nn.Module:
+              seed: int, anchors: str, on_progress: Callable[[Any], None] | None) -> nn.Module:
     labels_arr = _as_array(labels)
     if labels_arr.ndim == 2:
         labels_arr = labels_arr[None]
@@ -396,7 +433,7 @@ def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any,
     plan = (locked_plan(pool, locked, validation=validation) if locked
             else plan_slices(pool, validation=validation))
     config = FinetuneConfig(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size,
-                            augment=augment, seed=seed, device=device)
+                            augment=augment, seed=seed, device=device, anchors=anchors)
     if not plan.train:  # before anything is written
         raise ValueError("no training slices: correct some slices (or mark them) first" + (
             f" (slices {format_slices(locked)} are locked: the gate's held-out test, never "

@@ -1,12 +1,15 @@
 """Real data: fine-tune the default model on 20 HC18 fetal-head images, test on the other 40.
 
-    .venv/bin/python scripts/hc18_finetune.py                       # ~5 min on a 2-core CPU
+    .venv/bin/python scripts/hc18_finetune.py            # ~15-20 min on one core of this CPU
 
 HC18 (van den Heuvel et al., PLoS ONE 2018, CC BY 4.0) is the only labelled real ultrasound we
 have: a large object (the skull outline, filled) rather than the small acetabulum, so this measures
 how the pipeline transfers to real speckle, not acetabulum accuracy. Images are resized to
---size (default 272x400, a third of 800x540 in area terms) and the RPN's anchor sizes are scaled up to
-fit heads (--anchors; the anchor count per cell stays 9, so every trained weight is reused).
+--size (default 272x400, a third of 800x540 in area terms). The RPN's anchors are fitted to the
+training images' boxes as fine-tuning does (``--anchors auto``: ``adapt_config_anchors``; or a
+list of sizes; the anchor count per cell stays 9, so every trained weight is reused).
+``--val N`` of the 20 training images pick the weights (pooled dice every ``--eval-every`` steps)
+and the test ROI margin; the 40 test images are used for nothing but the final scores.
 Prints dice before and after, and the time it took; writes docs/hc18_finetune.json.
 """
 
@@ -20,13 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_roiseg.compare import evaluate_model
+from napari_roiseg.compare import evaluate_model, tune_roi_margin
 from napari_roiseg.segment import default_checkpoint
 from napari_roiseg.train_job import LabelledVolume, train_model
 from sample_data.real_data import load_hc18
+from src_model.anchor_fit import adapt_config_anchors, boxes_from_labels
 from src_model.checkpoint import load_checkpoint
 from src_model.data import _resize
 from src_model.model import build_model
+from src_model.preprocess import normalize_slices
 from src_model.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,32 +47,54 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=str(default_checkpoint()))
     p.add_argument("--size", type=int, nargs=2, default=(272, 400), metavar=("H", "W"))
-    p.add_argument("--anchors", default="64,128,256")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--anchors", default="auto",
+                   help="'auto' (fit to the training boxes) or sizes, e.g. 64,128,256")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--val", type=int, default=4, help="training images held out for selection")
+    p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--report", default=str(ROOT / "docs" / "hc18_finetune.json"))
     args = p.parse_args()
     samples = sorted(load_hc18(), key=lambda s: s[0])
-    train_s, test_s = samples[:20], samples[20:60]
+    train_s, test_s = samples[:20 - args.val], samples[20:60]
+    val_s = samples[20 - args.val:20]
     size = tuple(args.size)
     train = LabelledVolume("hc18-train", *_stack(train_s, size))
     test = LabelledVolume("hc18-test", *_stack(test_s, size))
 
     base, meta = load_checkpoint(args.model)
-    anchors = tuple(int(a) for a in args.anchors.split(","))
-    model = build_model(base.config.replace(anchor_sizes=anchors))
+    if args.anchors == "auto":
+        config, anchor_info = adapt_config_anchors(base.config, boxes_from_labels(train.labels))
+    else:
+        config = base.config.replace(anchor_sizes=tuple(int(a) for a in args.anchors.split(",")))
+        anchor_info = {"refit": False, "anchor_sizes": list(config.anchor_sizes)}
+    model = build_model(config)
     model.load_state_dict(base.state_dict())  # same shapes: only the anchor geometry changes
     before = evaluate_model(model.eval(), [test])
+    validation = None
+    if val_s:
+        val_images, val_masks = _stack(val_s, size)
+        validation = (normalize_slices(val_images), val_masks)  # as training validates
     t0 = time.perf_counter()
-    cfg = TrainConfig(steps=args.steps, batch_size=4, lr=args.lr, seed=0)
-    model, outcome = train_model([train], model=model, train_config=cfg, negatives="none")
+    cfg = TrainConfig(steps=args.steps, batch_size=4, lr=args.lr, seed=0,
+                      eval_every=args.eval_every)
+    model, outcome = train_model([train], model=model, train_config=cfg, negatives="none",
+                                 validation=validation)
     seconds = time.perf_counter() - t0
-    after = evaluate_model(model.eval(), [test])
+    model.eval()
+    margin = None
+    if val_s:
+        margin, _ = tune_roi_margin(model, *_stack(val_s, size))
+        model.config = model.config.replace(test_roi_margin=margin)
+    after = evaluate_model(model, [test])
     for m in (before, after):
         m.pop("per_slice", None)
     report = {
-        "train_images": [s[0] for s in train_s], "test_images": len(test_s), "size": size,
-        "anchor_sizes": anchors, "steps": args.steps, "lr": args.lr,
+        "train_images": [s[0] for s in train_s], "validation_images": [s[0] for s in val_s],
+        "test_images": len(test_s), "size": size, "anchors": anchor_info,
+        "anchor_sizes": list(model.config.anchor_sizes),
+        "aspect_ratios": list(model.config.aspect_ratios), "steps": args.steps, "lr": args.lr,
+        "best_step": outcome.best_step, "test_roi_margin": margin,
         "finetune_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
         "dice_before": before["per_slice_mean"]["dice"], "dice_after": after["per_slice_mean"]["dice"],
         "pooled_dice_before": before["pooled"]["dice"], "pooled_dice_after": after["pooled"]["dice"],

@@ -30,12 +30,18 @@ import numpy as np
 from .config import ModelConfig
 from .data import gt_box_from_mask
 
-__all__ = ["MIN_SIZE", "MIN_STEP", "boxes_from_labels", "fit_anchors", "fit_config_anchors"]
+__all__ = ["MIN_SIZE", "MIN_STEP", "REFIT_BELOW_IOU", "adapt_config_anchors", "anchor_shape_iou",
+           "boxes_from_labels", "fit_anchors", "fit_config_anchors"]
 
 # px: torchvision rounds base anchors' half-sides to whole pixels, so smaller anchors at ratios
 # far from 1 collapse to zero width or height.
 MIN_SIZE = 4
 MIN_STEP = 1.25  # smallest factor between consecutive fitted sizes (and ratios)
+# Refit when the median labelled box matches its best anchor shape below this IoU. The RPN calls
+# an anchor positive at 0.7 IoU; a box whose best *shape* match (centres aligned, an upper bound
+# of what the 16-px grid gives) is under 0.6 gets few or no positive anchors. The phantom's boxes
+# match the fast preset's anchors at a median of ~0.8, so fine-tuning on it keeps them.
+REFIT_BELOW_IOU = 0.6
 
 
 def boxes_from_labels(labels: np.ndarray) -> np.ndarray:
@@ -90,6 +96,44 @@ def fit_config_anchors(config: ModelConfig, boxes: np.ndarray) -> ModelConfig:
     of the result loads the state_dict of a model of ``config``)."""
     sizes, ratios = fit_anchors(boxes, len(config.anchor_sizes), len(config.aspect_ratios))
     return config.replace(anchor_sizes=sizes, aspect_ratios=ratios)
+
+
+def anchor_shape_iou(config: ModelConfig, boxes: np.ndarray) -> np.ndarray:
+    """For each box ``[K, 4]`` the IoU of its best anchor *shape* in ``config`` (box and anchor
+    centred on each other): ``float64 [K]``."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    w, h = (b[:, 2] - b[:, 0])[:, None], (b[:, 3] - b[:, 1])[:, None]
+    s = np.asarray(config.anchor_sizes, np.float64)[:, None]
+    r = np.sqrt(np.asarray(config.aspect_ratios, np.float64))[None, :]
+    aw, ah = (s / r).ravel()[None, :], (s * r).ravel()[None, :]
+    inter = np.minimum(w, aw) * np.minimum(h, ah)
+    iou = inter / (w * h + aw * ah - inter)
+    return iou.max(axis=1) if len(b) else np.zeros(0)
+
+
+def adapt_config_anchors(config: ModelConfig, boxes: np.ndarray,
+                         below: float | None = None) -> tuple[ModelConfig, dict]:
+    """``config`` with anchors fitted to ``boxes`` when its own match them poorly (median best
+    shape IoU under ``below``) and the fitted ones match better; otherwise ``config`` unchanged.
+
+    Returns ``(config, info)``; ``info`` holds ``refit`` (bool), the median IoU ``before`` and
+    ``after``, and the anchors used, for reports and the fine-tuning summary. ``below`` None
+    is :data:`REFIT_BELOW_IOU`; above 1 it always refits (when that matches better).
+    """
+    below = REFIT_BELOW_IOU if below is None else below
+    before = float(np.median(anchor_shape_iou(config, boxes))) if len(boxes) else 1.0
+    info = {"refit": False, "median_iou_before": before, "median_iou_after": before,
+            "anchor_sizes": list(config.anchor_sizes),
+            "aspect_ratios": list(config.aspect_ratios)}
+    if not len(boxes) or before >= below:
+        return config, info
+    fitted = fit_config_anchors(config, boxes)
+    after = float(np.median(anchor_shape_iou(fitted, boxes)))
+    if after <= before:
+        return config, info
+    info.update(refit=True, median_iou_after=after, anchor_sizes=list(fitted.anchor_sizes),
+                aspect_ratios=list(fitted.aspect_ratios))
+    return fitted, info
 
 
 def _spread_quantiles(values: np.ndarray, n: int) -> np.ndarray:

@@ -43,6 +43,8 @@ class ModelConfig:
         Training: proposals + GT box with IoU >= ``roi_iou_thresh`` to the GT, at most
         ``roi_batch_size_per_image`` (GT always kept). Test: all post-NMS proposals, optionally
         only those with score >= ``test_score_threshold`` and/or the ``test_top_k`` best.
+        ``test_roi_margin`` (px) grows each test ROI on every side before the head: the mask may
+        reach a structure's edge that a slightly tight box cuts (the boxes shown stay the RPN's).
     U-Net baseline
         ``unet_base_channels`` (channels of the first level, doubled per level), ``unet_depth``.
     """
@@ -78,6 +80,7 @@ class ModelConfig:
     roi_batch_size_per_image: int = 50
     test_score_threshold: float | None = None
     test_top_k: int | None = None
+    test_roi_margin: int = 0
     # U-Net baseline
     unet_base_channels: int = 64
     unet_depth: int = 4
@@ -132,6 +135,8 @@ class ModelConfig:
             p.append("roi_iou_thresh must be in [0, 1]")
         if self.test_top_k is not None and self.test_top_k < 1:
             p.append("test_top_k must be None (all proposals) or >= 1")
+        if self.test_roi_margin < 0:
+            p.append("test_roi_margin must be >= 0 (pixels added to each side of a test ROI)")
         return p
 
     def to_dict(self) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from .losses import seg_loss
 from .roi_conv import boxes_to_pixel_mask
 from .rpn import RoiSegRPN, build_rpn, select_test_rois, select_training_rois
 
-__all__ = ["RPNFCN", "build_model", "count_parameters"]
+__all__ = ["RPNFCN", "build_model", "count_parameters", "grow_boxes"]
 
 
 class RPNFCN(nn.Module):
@@ -36,7 +36,8 @@ class RPNFCN(nn.Module):
     * eval: one dict per image: ``boxes Tensor[K, 4]`` (the ROIs used), ``scores Tensor[K]``
       (sigmoid objectness), ``probabilities Tensor[H, W]`` (foreground, 0 outside the ROIs),
       ``mask Tensor[H, W] uint8``. ROIs = all post-NMS proposals, filtered by ``score_threshold``
-      and ``top_k`` (None: the config's ``test_score_threshold`` / ``test_top_k``).
+      and ``top_k`` (None: the config's ``test_score_threshold`` / ``test_top_k``); the head
+      and the region see them grown by ``test_roi_margin`` px (``boxes`` are the RPN's).
     """
 
     def __init__(
@@ -77,13 +78,24 @@ class RPNFCN(nn.Module):
             thr = self.config.test_score_threshold if score_threshold is None else score_threshold
             k = self.config.test_top_k if top_k is None else top_k
             rois, scores = select_test_rois(proposals, scores, thr, k)
-        logits = (self.head(features, size, rois, skips) if skips is not None
-                  else self.head(features, size, rois))
-        region = boxes_to_pixel_mask(rois, size).to(logits.device)
+        head_rois = rois if self.training else grow_boxes(rois, self.config.test_roi_margin, size)
+        logits = (self.head(features, size, head_rois, skips) if skips is not None
+                  else self.head(features, size, head_rois))
+        region = boxes_to_pixel_mask(head_rois, size).to(logits.device)
         if not self.training:
             return eval_outputs(logits, rois, scores, region)
         masks = torch.stack([t["masks"] for t in targets]).to(logits.device)
         return {**losses, "loss_seg": seg_loss(logits, masks, region, self.config.seg_loss)}
+
+
+def grow_boxes(boxes: list[Tensor], margin: float, size: tuple[int, int]) -> list[Tensor]:
+    """Each ``Tensor[K, 4]`` (x1, y1, x2, y2) grown by ``margin`` px on every side, clipped to
+    the image ``size`` (H, W); the same list when ``margin`` is 0."""
+    if not margin:
+        return boxes
+    grow = torch.tensor([-margin, -margin, margin, margin])
+    hi = torch.tensor([size[1], size[0], size[1], size[0]])
+    return [torch.minimum(torch.clamp(b + grow.to(b), min=0), hi.to(b)) for b in boxes]
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .geometry import GridGeometry, layer_geometry
-from .roi_conv import IMPLS, RoiConv2d, boxes_to_cell_mask, output_size
+from .roi_conv import IMPLS, RoiConv2d, boxes_to_cell_mask, output_size, roi_conv2d
 
 __all__ = ["RoiRefineHead", "refine_head_reference"]
 
@@ -145,14 +145,15 @@ class RoiRefineHead(nn.Module):
         window = _active_window(mask)
         if window is None:  # no ROI in the batch: nothing to draw, the decoder never runs
             return logits + 0.0 * self.score.bias.sum()  # keeps the graph for backward
-        x = self.drop6(F.relu(self.fc6(features, mask)))
-        x = self.drop7(F.relu(self.fc7(x, mask)))
         # Every level runs on its own window: the bounding rectangle of its active cells plus a
         # one-cell halo of that level (all a 3x3 convolution at an active cell reads). Fine
         # cells nest in coarse ones, so a level's window lies inside the coarser window scaled
-        # x2, and the up-sampled coarse values it needs are there. Same numbers as the full grid.
+        # x2, and the up-sampled coarse values it needs are there. fc6 reads the window grown
+        # by its padding (zeros only beyond the grid's edge, as the full convolution pads), so
+        # fc6 and fc7 also compute just the window. Same numbers as the full grid.
         r0, r1, c0, c1 = window
-        x = x[..., r0:r1, c0:c1]
+        x = self.drop6(F.relu(_window_conv(self.fc6, features, mask, window)))
+        x = self.drop7(F.relu(self.fc7(x, mask[..., r0:r1, c0:c1])))
         for stride, conv in zip(self.skip_strides, self.decoder):
             skip = skips[stride]
             cells = boxes_to_cell_mask(rois, tuple(skip.shape[-2:]), stride, stride / 2.0)
@@ -186,6 +187,23 @@ def _active_window(mask: Tensor) -> tuple[int, int, int, int] | None:
     h, w = mask.shape[-2:]
     return (max(0, int(r[0]) - 1), min(h, int(r[-1]) + 2),
             max(0, int(c[0]) - 1), min(w, int(c[-1]) + 2))
+
+
+def _window_conv(conv: RoiConv2d, x: Tensor, mask: Tensor,
+                 window: tuple[int, int, int, int]) -> Tensor:
+    """``conv(x, mask)`` (stride 1, padding keeping the grid) on the output cells of ``window``
+    only: the input rectangle those cells read, zero-padded only where it leaves the grid."""
+    r0, r1, c0, c1 = window
+    p = int(conv.padding[0])  # type: ignore[index]
+    h, w = x.shape[-2:]
+    top, left = r0 - p, c0 - p
+    bottom, right = r1 + p, c1 + p
+    crop = x[..., max(0, top):min(h, bottom), max(0, left):min(w, right)]
+    pads = (max(0, -left), max(0, right - w), max(0, -top), max(0, bottom - h))
+    if any(pads):
+        crop = F.pad(crop, pads)
+    return roi_conv2d(crop, conv.weight, conv.bias, mask[..., r0:r1, c0:c1], padding=0,
+                      dilation=int(conv.dilation[0]), impl=conv.impl)
 
 
 def _cat(up: Tensor, skip: Tensor) -> Tensor:

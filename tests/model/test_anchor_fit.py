@@ -11,6 +11,9 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 
 from src_model.anchor_fit import (
+    REFIT_BELOW_IOU,
+    adapt_config_anchors,
+    anchor_shape_iou,
     MIN_SIZE,
     MIN_STEP,
     boxes_from_labels,
@@ -157,3 +160,27 @@ def test_empty_or_degenerate_boxes_are_refused_with_a_reason(boxes, match):
 def test_counts_must_be_positive():
     with pytest.raises(ValueError, match="n_sizes"):
         fit_anchors(_boxes([10.0], [10.0]), 0, 3)
+
+
+def test_shape_iou_is_one_for_an_anchor_and_falls_with_size_mismatch():
+    cfg = get_preset("fast")  # 16/32/64 px x ratios 0.5/1/2
+    exact = np.array([[0.0, 0.0, 32.0, 32.0]])
+    double = np.array([[0.0, 0.0, 256.0, 256.0]])  # 4x the largest anchor's side
+    assert anchor_shape_iou(cfg, exact)[0] == pytest.approx(1.0)
+    assert anchor_shape_iou(cfg, double)[0] == pytest.approx(64 * 64 / 256 ** 2)
+
+
+def test_adapt_keeps_anchors_that_match_and_refits_ones_that_do_not():
+    from sample_data.phantom import make_phantom
+
+    cfg = get_preset("fast")
+    phantom_boxes = boxes_from_labels(make_phantom(3, 32).labels)
+    kept, info = adapt_config_anchors(cfg, phantom_boxes)
+    assert kept is cfg and not info["refit"] and info["median_iou_before"] >= REFIT_BELOW_IOU
+    heads = np.array([[40.0, 30.0, 200.0, 180.0], [60.0, 20.0, 230.0, 200.0],
+                      [30.0, 50.0, 180.0, 190.0]])  # 150-190 px objects (HC18-like heads)
+    fitted, info = adapt_config_anchors(cfg, heads)
+    assert info["refit"] and info["median_iou_after"] > 0.8 > info["median_iou_before"]
+    assert len(fitted.anchor_sizes) == 3 and min(fitted.anchor_sizes) > 100
+    forced, info = adapt_config_anchors(cfg, phantom_boxes, below=2.0)
+    assert forced.anchor_sizes != cfg.anchor_sizes or not info["refit"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.models.detection.image_list import ImageList
 
-from src_model.model import RPNFCN, build_model
+from src_model.model import RPNFCN, build_model, grow_boxes
 from src_model.roi_conv import boxes_to_pixel_mask
 from src_model.rpn import select_test_rois, select_training_rois
 
@@ -85,6 +85,31 @@ def test_eval_overrides_and_no_rois_give_an_empty_mask():
     with torch.no_grad():
         assert cfg_model(x)[0]["boxes"].shape == (2, 4)
         assert cfg_model(x, top_k=5)[0]["boxes"].shape == (5, 4)
+
+
+def test_test_roi_margin_grows_the_mask_region_but_not_the_boxes_shown():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(test_top_k=2, dropout=0.0)).eval()
+    with torch.no_grad():
+        model.head.score.bias.copy_(torch.tensor([0.0, 1.0]))  # foreground wherever computed
+    x = torch.rand(1, 1, 96, 64)
+    with torch.no_grad():
+        plain = model(x)[0]
+        model.config = model.config.replace(test_roi_margin=6)
+        grown = model(x)[0]
+    torch.testing.assert_close(grown["boxes"], plain["boxes"])  # the RPN's boxes, unchanged
+    assert grown["mask"].sum() > plain["mask"].sum()
+    region = boxes_to_pixel_mask(grow_boxes([plain["boxes"]], 6, (96, 64)), (96, 64))[0]
+    assert torch.equal(grown["mask"].bool(), region)  # exactly the grown boxes, clipped
+
+
+def test_grow_boxes_clips_to_the_image_and_keeps_zero_margin_identical():
+    boxes = [torch.tensor([[2.0, 3.0, 60.0, 90.0]])]
+    assert grow_boxes(boxes, 0, (96, 64)) is boxes
+    torch.testing.assert_close(grow_boxes(boxes, 5, (96, 64))[0],
+                               torch.tensor([[0.0, 0.0, 64.0, 95.0]]))
+    with pytest.raises(ValueError, match="test_roi_margin"):
+        tiny_config(test_roi_margin=-1)
 
 
 def test_scores_are_exactly_zero_outside_roi_cells_and_aligned_inside():

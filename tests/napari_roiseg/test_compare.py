@@ -1,4 +1,4 @@
-"""Table 1 plumbing: the ROI-filter tuner's pooled-dice rule, and joining runs made in parallel."""
+"""Table 1 plumbing: the ROI-filter and margin tuners' pooled-dice rule, and joining runs made in parallel."""
 
 from __future__ import annotations
 
@@ -28,6 +28,26 @@ def test_tune_test_rois_picks_by_pooled_dice_not_by_empty_slices(monkeypatch):
     # The per-slice mean would prefer the timid filter (0.8 vs 0.5); pooled dice does not.
     assert by_thr[0.9]["dice"] > by_thr[0.5]["dice"]
     assert (thr, k) == (0.5, None) and by_thr[0.5]["pooled_dice"] > 0.9
+
+
+def test_tune_roi_margin_takes_the_smallest_best_margin_and_restores_the_config(monkeypatch):
+    truth = np.zeros((4, 16, 16), np.uint8)
+    truth[:, 4:12, 2:14] = 1
+    cut = truth.copy()
+    cut[:, :, 2:4] = 0  # a tight box cuts the structure's left edge off
+
+    def fake_segment(images, model):
+        return SimpleNamespace(labels=cut if model.config.test_roi_margin < 4 else truth)
+
+    monkeypatch.setattr("napari_roiseg.segment.segment_array", fake_segment)
+    from src_model.config import get_preset
+
+    model = SimpleNamespace(config=get_preset("fast"))
+    margin, table = compare.tune_roi_margin(model, truth, truth, margins=(0, 4, 8))
+    assert margin == 4  # 4 and 8 tie: the smaller window is cheaper
+    assert [r["test_roi_margin"] for r in table] == [0, 4, 8]
+    assert table[0]["pooled_dice"] < table[1]["pooled_dice"] == table[2]["pooled_dice"] == 1.0
+    assert model.config.test_roi_margin == 0
 
 
 def _results(tmp_path, name, archs, steps=300):

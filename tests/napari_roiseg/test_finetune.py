@@ -362,3 +362,23 @@ def test_finetune_api_rejected_version_stays_out_of_use(tmp_path, phantom, net, 
     assert not new.finetune_summary["gate"]["accepted"]
     assert Project(tmp_path / "p").current_version == "v000"  # held back by the gate
     assert "v001" in Project(tmp_path / "p").versions  # but kept
+
+
+def test_finetune_on_a_large_structure_refits_the_anchors_and_records_them(tmp_path, net):
+    from napari_roiseg.finetune import adapt_anchors, iter_finetune
+
+    image = np.random.default_rng(0).integers(0, 255, (4, 128, 96), dtype=np.uint8)
+    labels = np.zeros_like(image)
+    labels[:, 10:118, 8:90] = 1  # ~100 px: far from the fast preset's 16-64 px anchors
+    result = drain(iter_finetune(image, labels, [0, 1, 2], [3], net,
+                                 FinetuneConfig(steps=1, batch_size=2, device="cpu",
+                                                augment=False)))
+    sizes = result.model.config.anchor_sizes
+    assert result.anchors["refit"] and list(sizes) == result.anchors["anchor_sizes"]
+    assert min(sizes) > 64 and len(sizes) == len(net.config.anchor_sizes)
+    assert net.config.anchor_sizes == (16, 32, 64)  # the start model is untouched
+    assert result.info(FinetuneConfig())["anchors"]["refit"]
+    kept, info = adapt_anchors(net, labels, "keep")
+    assert kept is net and info is None
+    with pytest.raises(ValueError, match="anchors must be"):
+        adapt_anchors(net, labels, "sometimes")
