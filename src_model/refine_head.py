@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .geometry import GridGeometry, layer_geometry
-from .roi_conv import IMPLS, RoiConv2d, boxes_to_cell_mask, output_size, roi_conv2d
+from .roi_conv import IMPLS, RoiConv2d, boxes_to_cell_mask, output_size
 
 __all__ = ["RoiRefineHead", "refine_head_reference"]
 
@@ -101,7 +101,9 @@ class RoiRefineHead(nn.Module):
 
     @property
     def roi_impl(self) -> str:
-        """How every ROI convolution is computed: "dense", "sparse" or "auto"."""
+        """``impl`` of the head's ROI convolutions ("dense", "sparse" or "auto"). Only the 1x1
+        score layer's call goes through it: fc6, fc7 and the decoder levels compute exactly
+        their window's active bounds (see ``forward``), which is what "sparse" aims at."""
         return self.fc6.impl
 
     @roi_impl.setter
@@ -145,25 +147,32 @@ class RoiRefineHead(nn.Module):
         window = _active_window(mask)
         if window is None:  # no ROI in the batch: nothing to draw, the decoder never runs
             return logits + 0.0 * self.score.bias.sum()  # keeps the graph for backward
-        # Every level runs on its own window: the bounding rectangle of its active cells plus a
-        # one-cell halo of that level (all a 3x3 convolution at an active cell reads). Fine
-        # cells nest in coarse ones, so a level's window lies inside the coarser window scaled
-        # x2, and the up-sampled coarse values it needs are there. fc6 reads the window grown
-        # by its padding (zeros only beyond the grid's edge, as the full convolution pads), so
-        # fc6 and fc7 also compute just the window. Same numbers as the full grid.
+        # Every level runs on its own window: the bounding rectangle of its active cells
+        # ("bounds") plus a one-cell halo of that level (all a 3x3 convolution at an active cell
+        # reads). Outputs are computed on the bounds only and padded with the zeros the mask
+        # would put on the halo. Fine cells nest in coarse ones, so a level's window lies inside
+        # the coarser window scaled x2, and the up-sampled coarse values it needs are there.
+        # Inputs a layer reads beyond the grid's edge are zeros, as the full convolution pads.
+        # Same numbers as the full grid.
+        bounds = window
+        window = _grow(bounds, 1, mask.shape[-2:])
+        x = self.drop6(F.relu(_conv_on(self.fc6, features, (0, 0), bounds, mask, im2col=True)))
+        x = self.drop7(F.relu(_conv_on(self.fc7, x, bounds[::2], bounds, mask, im2col=True)))
+        x = _pad_to(x, bounds, window)
         r0, r1, c0, c1 = window
-        x = self.drop6(F.relu(_window_conv(self.fc6, features, mask, window)))
-        x = self.drop7(F.relu(self.fc7(x, mask[..., r0:r1, c0:c1])))
         for stride, conv in zip(self.skip_strides, self.decoder):
             skip = skips[stride]
             cells = boxes_to_cell_mask(rois, tuple(skip.shape[-2:]), stride, stride / 2.0)
-            fine = _active_window(cells)
-            assert fine is not None  # a coarse active cell always has an active child
+            cells = cells.to(skip.device)
+            bounds = _active_window(cells)
+            assert bounds is not None  # a coarse active cell always has an active child
+            fine = _grow(bounds, 1, cells.shape[-2:])
             f0, f1, g0, g1 = fine
             up = F.interpolate(x, scale_factor=2, mode="nearest")
             up = up[..., f0 - 2 * r0:f1 - 2 * r0, g0 - 2 * c0:g1 - 2 * c0]
-            cells = cells[..., f0:f1, g0:g1].to(skip.device)
-            x = F.relu(conv(_cat(up, skip[..., f0:f1, g0:g1]), cells))
+            inp = _cat(up, skip[..., f0:f1, g0:g1])
+            x = _pad_to(F.relu(_conv_on(conv, inp, (f0, g0), bounds, cells)), bounds, fine)
+            cells = cells[..., f0:f1, g0:g1]
             r0, r1, c0, c1 = fine
         x = self.score(x, cells)
         finest = self.skip_strides[-1]
@@ -178,32 +187,51 @@ class RoiRefineHead(nn.Module):
 
 def _active_window(mask: Tensor) -> tuple[int, int, int, int] | None:
     """Rows ``r0:r1`` and columns ``c0:c1`` of the smallest rectangle holding every active cell
-    of the batch, grown by one cell (the halo a 3x3 convolution reads); None without any."""
+    of the batch; None without any."""
     rows, cols = mask.any(dim=3).any(dim=(0, 1)), mask.any(dim=2).any(dim=(0, 1))
     if not bool(rows.any()):
         return None
     r = rows.nonzero()[:, 0]
     c = cols.nonzero()[:, 0]
-    h, w = mask.shape[-2:]
-    return (max(0, int(r[0]) - 1), min(h, int(r[-1]) + 2),
-            max(0, int(c[0]) - 1), min(w, int(c[-1]) + 2))
+    return int(r[0]), int(r[-1]) + 1, int(c[0]), int(c[-1]) + 1
 
 
-def _window_conv(conv: RoiConv2d, x: Tensor, mask: Tensor,
-                 window: tuple[int, int, int, int]) -> Tensor:
-    """``conv(x, mask)`` (stride 1, padding keeping the grid) on the output cells of ``window``
-    only: the input rectangle those cells read, zero-padded only where it leaves the grid."""
-    r0, r1, c0, c1 = window
+def _grow(rect: tuple[int, int, int, int], by: int, size) -> tuple[int, int, int, int]:
+    """``rect`` (r0, r1, c0, c1) grown by ``by`` cells on each side, clipped to grid ``size``."""
+    r0, r1, c0, c1 = rect
+    return max(0, r0 - by), min(int(size[0]), r1 + by), max(0, c0 - by), min(int(size[1]), c1 + by)
+
+
+def _pad_to(x: Tensor, inner: tuple[int, int, int, int], outer: tuple[int, int, int, int]) -> Tensor:
+    """``x`` covering rectangle ``inner`` zero-padded to cover ``outer`` (which holds it)."""
+    pads = (inner[2] - outer[2], outer[3] - inner[3], inner[0] - outer[0], outer[1] - inner[1])
+    return F.pad(x, pads) if any(pads) else x
+
+
+def _conv_on(conv: RoiConv2d, x: Tensor, origin: tuple[int, int],
+             bounds: tuple[int, int, int, int], mask: Tensor, im2col: bool = False) -> Tensor:
+    """``conv`` (stride 1, padding keeping the grid) evaluated on the output cells ``bounds``
+    only and masked there (Eq. 1). ``x`` holds the grid from row/column ``origin`` on, with at
+    least every in-grid input those cells read; reads beyond the grid's edge (``mask``'s size)
+    are the zeros of the full convolution's padding. ``im2col``: one unfold + matmul instead of
+    oneDNN's direct convolution, which suits the 7x7 fc6 and the 1x1 fc7 on a small window
+    better (oneDNN also reorders their weights on every such call)."""
+    r0, r1, c0, c1 = bounds
     p = int(conv.padding[0])  # type: ignore[index]
-    h, w = x.shape[-2:]
-    top, left = r0 - p, c0 - p
-    bottom, right = r1 + p, c1 + p
-    crop = x[..., max(0, top):min(h, bottom), max(0, left):min(w, right)]
-    pads = (max(0, -left), max(0, right - w), max(0, -top), max(0, bottom - h))
-    if any(pads):
-        crop = F.pad(crop, pads)
-    return roi_conv2d(crop, conv.weight, conv.bias, mask[..., r0:r1, c0:c1], padding=0,
-                      dilation=int(conv.dilation[0]), impl=conv.impl)
+    h, w = mask.shape[-2:]
+    need = (r0 - p, r1 + p, c0 - p, c1 + p)
+    have = (max(0, need[0]), min(h, need[1]), max(0, need[2]), min(w, need[3]))
+    crop = x[..., have[0] - origin[0]:have[1] - origin[0], have[2] - origin[1]:have[3] - origin[1]]
+    crop = _pad_to(crop, have, need)
+    if im2col:
+        k = int(conv.kernel_size[0])
+        cols = F.unfold(crop.contiguous(), k) if k > 1 else crop.contiguous().flatten(2)
+        out = (conv.weight.flatten(1) @ cols).view(x.shape[0], -1, r1 - r0, c1 - c0)
+        if conv.bias is not None:
+            out = out + conv.bias[:, None, None]
+    else:
+        out = F.conv2d(crop, conv.weight, conv.bias)
+    return out * mask[..., r0:r1, c0:c1]
 
 
 def _cat(up: Tensor, skip: Tensor) -> Tensor:
