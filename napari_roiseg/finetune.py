@@ -191,11 +191,12 @@ def check_labels_shape(image_shape: Sequence[int], labels_shape: Sequence[int]) 
             "the Labels layer made for this image, or segment it first to get one")
 
 
-def adapt_anchors(net: Any, labels: np.ndarray, mode: str = "auto") -> tuple[Any, dict | None]:
-    """``net`` (RPN-FCN) with its RPN anchors fitted to the boxes of ``labels`` (S, H, W) when
-    ``mode`` is "fit", or "auto" and its own anchors match those boxes poorly; the same number
-    of sizes and ratios, so every weight is reused (the model is rebuilt and loads them).
-    Returns ``(model, info)``; info None for models without an RPN or without labelled boxes."""
+def adapt_anchors(net: Any, labels: Any, mode: str = "auto") -> tuple[Any, dict | None]:
+    """``net`` (RPN-FCN) with its RPN anchors fitted to the boxes of ``labels`` ((S, H, W), or a
+    list of such volumes) when ``mode`` is "fit", or "auto" and its own anchors match those
+    boxes poorly; the same number of sizes and ratios, so every weight is reused (the model is
+    rebuilt and loads them). Returns ``(model, info)``; info None for models without an RPN or
+    without labelled boxes."""
     if mode not in ("auto", "fit", "keep"):
         raise ValueError(f"anchors must be 'auto', 'fit' or 'keep', got {mode!r}")
     config = getattr(net, "config", None)
@@ -203,7 +204,8 @@ def adapt_anchors(net: Any, labels: np.ndarray, mode: str = "auto") -> tuple[Any
         return net, None
     from src_model.anchor_fit import adapt_config_anchors, boxes_from_labels
 
-    boxes = boxes_from_labels(labels)
+    volumes = labels if isinstance(labels, (list, tuple)) else [labels]
+    boxes = np.concatenate([boxes_from_labels(v) for v in volumes])
     if not len(boxes):
         return net, None
     new, info = adapt_config_anchors(config, boxes, below=2.0 if mode == "fit" else None)

@@ -135,6 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any ModelConfig field of a new model, e.g. "
                         "--set anchor_sizes=16,32,64 --set rpn_batch_size_per_image=512")
+    p.add_argument("--anchors", default="auto", choices=["auto", "fit", "keep"],
+                   help="RPN anchors: fit them to the labelled boxes when the model's own match "
+                        "them poorly (auto, default), always (fit) or never (keep); ignored "
+                        "when --set anchor_sizes is given")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -177,6 +181,11 @@ def run(argv: Sequence[str] | None = None) -> int:
             torch.manual_seed(args.seed)  # identical initial weights on every rank
             model = build_model(get_preset(args.preset, **overrides))
             parent = None
+        anchors = None
+        if not any(item.startswith(("anchor_sizes=", "aspect_ratios=")) for item in args.set):
+            from .finetune import adapt_anchors
+
+            model, anchors = adapt_anchors(model, [v.labels for v in volumes], args.anchors)
         net = distributed.wrap_model(model, device)
         from src_model.data import SliceDataset
 
@@ -200,7 +209,7 @@ def run(argv: Sequence[str] | None = None) -> int:
                              "steps_done": outcome.steps_done},
                 "data": {**dataset_summary([v.name for v in volumes], dataset),
                          "sources": list(args.sources), "negatives": args.negatives},
-                "parent": parent,
+                "parent": parent, "anchors": anchors,
                 "final_losses": outcome.history[-1].losses if outcome.history else {},
             }
             save_checkpoint(args.out, model, meta)

@@ -74,3 +74,23 @@ def test_every_subcommand_has_help(sub):
     with pytest.raises(SystemExit) as exc:
         main([sub, "--help"])
     assert exc.value.code == 0
+
+
+def test_train_fits_anchors_to_a_large_structure_unless_told_to_keep(tmp_path):
+    data = tmp_path / "big"
+    data.mkdir()
+    vol = np.random.default_rng(1).integers(0, 255, (6, 128, 96), dtype=np.uint8)
+    lab = np.zeros_like(vol)
+    lab[:, 12:116, 10:88] = 1  # ~90-100 px: none of the fast preset's 16-64 px anchors fits
+    tifffile.imwrite(data / "volume.tif", vol)
+    tifffile.imwrite(data / "labels.tif", lab)
+    from src_model.checkpoint import load_checkpoint
+
+    for mode, refit in (("auto", True), ("keep", False)):
+        ckpt = tmp_path / f"{mode}.pt"
+        assert main(["train", str(data), "--steps", "1", "--batch-size", "2", "--quiet",
+                     "--anchors", mode, "--out", str(ckpt)]) == 0
+        model, meta = load_checkpoint(ckpt)
+        sizes = model.config.anchor_sizes
+        assert (min(sizes) > 64) is refit and len(sizes) == 3
+        assert (meta["anchors"] is not None and meta["anchors"]["refit"]) is refit
