@@ -4,8 +4,8 @@ vs FCN-noPool5 vs U-Net.
 Every method gets the same training volumes, steps, batch size, optimiser and seed, and every loss
 option (``--losses``); each is reported with the loss that scored best on the *validation*
 volumes, and RPN-FCN rows with the test-time ROI filter and ROI margin picked there too
-(:func:`tune_test_rois`, :func:`tune_roi_margin`; "all proposals" is the paper's setting, also
-reported). The test volumes (other seeds) are never
+(:func:`tune_roi_filter`, :func:`tune_roi_margin`; "all proposals" is the paper's setting,
+also reported). The test volumes (other seeds) are never
 seen in training or in any choice. Scores are the paper's (per-slice mean over all test slices),
 the per-slice mean over slices with an object in truth or prediction, and the pooled (pixel) scores
 the authors' code computed; inference ms/slice is timed on the test volumes in the same run.
@@ -75,6 +75,34 @@ def tune_test_rois(model, images: Any, truth: np.ndarray,
                           "dice": m["per_slice_mean"]["dice"]})
     best = max(table, key=lambda r: (r["pooled_dice"], r["dice"]))
     return best["score_threshold"], best["top_k"], table
+
+
+def tune_roi_filter(model, images: Any, truth: np.ndarray,
+                    thresholds=(0.0, 0.3, 0.5, 0.8, 0.9), top_ks=(None, 10, 3, 1),
+                    single_objects=(False, True)) -> dict[str, Any]:
+    """The test-time ROI filter with the best pooled dice on validation slices: score
+    threshold x top-k (:func:`tune_test_rois`) x ``test_single_object`` (keep only the boxes
+    overlapping the best one), jointly, since one structure per slice makes a lower threshold
+    safe. Returns ``{"score_threshold", "top_k", "single_object", "table"}``; ``model.config``
+    is left as it was."""
+    config, table = model.config, []
+    try:
+        for single in single_objects:
+            model.config = config.replace(test_single_object=bool(single))
+            _, _, rows = tune_test_rois(model, images, truth, thresholds, top_ks)
+            table += [{**row, "single_object": bool(single)} for row in rows]
+    finally:
+        model.config = config
+    best = max(table, key=lambda r: (round(r["pooled_dice"], 4), r["dice"]))
+    return {"score_threshold": best["score_threshold"], "top_k": best["top_k"],
+            "single_object": best["single_object"], "table": table}
+
+
+def apply_roi_filter(model, chosen: dict[str, Any]) -> None:
+    """Set a :func:`tune_roi_filter` result as ``model.config``'s test ROI filter."""
+    model.config = model.config.replace(
+        test_score_threshold=chosen["score_threshold"], test_top_k=chosen["top_k"],
+        test_single_object=chosen["single_object"])
 
 
 def tune_roi_margin(model, images: Any, truth: np.ndarray, margins=(0, 4, 8, 16)):
@@ -158,13 +186,13 @@ def run_comparison(
                    "state": outcome.state}
             if model.config.arch == "rpn_fcn":
                 paper = _scores(model, test, val_raw)  # all post-NMS proposals, as the paper
-                thr, k, _ = tune_test_rois(model, *val_raw)
-                model.config = model.config.replace(test_score_threshold=thr, test_top_k=k)
+                chosen = tune_roi_filter(model, *val_raw)
+                apply_roi_filter(model, chosen)
                 margin, _ = tune_roi_margin(model, *val_raw)
                 model.config = model.config.replace(test_roi_margin=margin)
                 run["all_proposals"] = paper
-                run["roi_filter"] = {"score_threshold": thr, "top_k": k,
-                                     "test_roi_margin": margin}
+                run["roi_filter"] = {k: v for k, v in chosen.items() if k != "table"}
+                run["roi_filter"]["test_roi_margin"] = margin
             run.update(_scores(model, test, val_raw))
             runs.append(run)
         best = max(runs, key=lambda r: r["validation_pooled_dice"])

@@ -8,8 +8,9 @@ how the pipeline transfers to real speckle, not acetabulum accuracy. Images are 
 --size (default 272x400, a third of 800x540 in area terms). The RPN's anchors are fitted to the
 training images' boxes as fine-tuning does (``--anchors auto``: ``adapt_config_anchors``; or a
 list of sizes; the anchor count per cell stays 9, so every trained weight is reused).
-``--val N`` of the 20 training images pick the weights (pooled dice every ``--eval-every`` steps)
-and the test ROI margin; the 40 test images are used for nothing but the final scores.
+``--val N`` of the 20 training images pick the weights (pooled dice every ``--eval-every`` steps),
+the test-time ROI filter and the ROI margin; the 40 test images are used for nothing but the
+final scores.
 Prints dice before and after, and the time it took; writes docs/hc18_finetune.json.
 """
 
@@ -19,16 +20,22 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from napari_roiseg.compare import evaluate_model, tune_roi_margin
+from napari_roiseg.compare import (
+    apply_roi_filter,
+    evaluate_model,
+    tune_roi_filter,
+    tune_roi_margin,
+)
 from napari_roiseg.segment import default_checkpoint
 from napari_roiseg.train_job import LabelledVolume, train_model
 from sample_data.real_data import load_hc18
 from src_model.anchor_fit import adapt_config_anchors, boxes_from_labels
-from src_model.checkpoint import load_checkpoint
+from src_model.checkpoint import load_checkpoint, save_checkpoint
 from src_model.data import _resize
 from src_model.model import build_model
 from src_model.preprocess import normalize_slices
@@ -52,6 +59,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--val", type=int, default=4, help="training images held out for selection")
     p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--save", default=None, help="also write the fine-tuned checkpoint here")
+    p.add_argument("--retune", default=None, metavar="CKPT",
+                   help="skip training: take the weights --save wrote, redo the ROI choices "
+                        "on the validation images and test again")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--report", default=str(ROOT / "docs" / "hc18_finetune.json"))
     args = p.parse_args()
@@ -78,14 +89,26 @@ def main() -> None:
     t0 = time.perf_counter()
     cfg = TrainConfig(steps=args.steps, batch_size=4, lr=args.lr, seed=0,
                       eval_every=args.eval_every)
-    model, outcome = train_model([train], model=model, train_config=cfg, negatives="none",
-                                 validation=validation)
+    if args.retune:  # the weights of an earlier run (its --save); only the choices are redone
+        model, saved = load_checkpoint(args.retune)
+        outcome = SimpleNamespace(best_step=saved.get("best_step"), state=saved.get("state"))
+    else:
+        model, outcome = train_model([train], model=model, train_config=cfg, negatives="none",
+                                     validation=validation)
     seconds = time.perf_counter() - t0
     model.eval()
-    margin = None
-    if val_s:
-        margin, _ = tune_roi_margin(model, *_stack(val_s, size))
+    margin = roi_filter = None
+    if val_s:  # the test-time ROI filter and margin, picked on the validation images
+        val_raw = _stack(val_s, size)
+        chosen = tune_roi_filter(model, *val_raw)
+        apply_roi_filter(model, chosen)
+        margin, _ = tune_roi_margin(model, *val_raw)
         model.config = model.config.replace(test_roi_margin=margin)
+        roi_filter = {k: v for k, v in chosen.items() if k != "table"}
+    if args.save:
+        save_checkpoint(args.save, model, {"description": "HC18 fine-tune (hc18_finetune.py)",
+                                           "best_step": outcome.best_step,
+                                           "state": outcome.state})
     after = evaluate_model(model, [test])
     for m in (before, after):
         m.pop("per_slice", None)
@@ -94,8 +117,9 @@ def main() -> None:
         "test_images": len(test_s), "size": size, "anchors": anchor_info,
         "anchor_sizes": list(model.config.anchor_sizes),
         "aspect_ratios": list(model.config.aspect_ratios), "steps": args.steps, "lr": args.lr,
-        "best_step": outcome.best_step, "test_roi_margin": margin,
-        "finetune_seconds": round(seconds, 1), "torch_threads": torch.get_num_threads(),
+        "best_step": outcome.best_step, "roi_filter": roi_filter, "test_roi_margin": margin,
+        "finetune_seconds": None if args.retune else round(seconds, 1),
+        "weights_from": args.retune, "torch_threads": torch.get_num_threads(),
         "dice_before": before["per_slice_mean"]["dice"], "dice_after": after["per_slice_mean"]["dice"],
         "pooled_dice_before": before["pooled"]["dice"], "pooled_dice_after": after["pooled"]["dice"],
         "before": before, "after": after, "state": outcome.state,

@@ -20,7 +20,12 @@ from pathlib import Path
 
 import torch
 
-from napari_roiseg.compare import evaluate_model, tune_roi_margin, tune_test_rois
+from napari_roiseg.compare import (
+    apply_roi_filter,
+    evaluate_model,
+    tune_roi_filter,
+    tune_roi_margin,
+)
 from napari_roiseg.train_job import load_source, train_model, validation_arrays
 from src_model.checkpoint import save_checkpoint
 from src_model.config import get_preset
@@ -102,13 +107,13 @@ def main() -> None:
 def _finish(args, model, meta, val, test) -> None:
     """Tune the test-time ROI filter and margin on validation, test on held-out volumes, save."""
     model.eval()
-    thr, k, table = tune_test_rois(model, *val)
-    model.config = model.config.replace(test_score_threshold=thr, test_top_k=k)
+    chosen = tune_roi_filter(model, *val)
+    apply_roi_filter(model, chosen)
     margin, margins = tune_roi_margin(model, *val)
     model.config = model.config.replace(test_roi_margin=margin)
-    meta["roi_filter"] = {"chosen": {"score_threshold": thr, "top_k": k,
+    meta["roi_filter"] = {"chosen": {**{k: v for k, v in chosen.items() if k != "table"},
                                      "test_roi_margin": margin},
-                          "validation": table, "validation_margin": margins}
+                          "validation": chosen["table"], "validation_margin": margins}
     t1 = time.perf_counter()
     metrics = evaluate_model(model, test)
     eval_s = time.perf_counter() - t1

@@ -43,6 +43,8 @@ class ModelConfig:
         Training: proposals + GT box with IoU >= ``roi_iou_thresh`` to the GT, at most
         ``roi_batch_size_per_image`` (GT always kept). Test: all post-NMS proposals, optionally
         only those with score >= ``test_score_threshold`` and/or the ``test_top_k`` best.
+        ``test_single_object``: keep only the kept ROIs that overlap the best one (one structure
+        per slice, as an acetabulum or a fetal head: far-off false boxes paint nothing).
         ``test_roi_margin`` (px) grows each test ROI on every side before the head: the mask may
         reach a structure's edge that a slightly tight box cuts (the boxes shown stay the RPN's).
     U-Net baseline
@@ -80,6 +82,7 @@ class ModelConfig:
     roi_batch_size_per_image: int = 50
     test_score_threshold: float | None = None
     test_top_k: int | None = None
+    test_single_object: bool = False
     test_roi_margin: int = 0
     # U-Net baseline
     unet_base_channels: int = 64

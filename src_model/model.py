@@ -77,7 +77,8 @@ class RPNFCN(nn.Module):
         else:
             thr = self.config.test_score_threshold if score_threshold is None else score_threshold
             k = self.config.test_top_k if top_k is None else top_k
-            rois, scores = select_test_rois(proposals, scores, thr, k)
+            rois, scores = select_test_rois(proposals, scores, thr, k,
+                                            self.config.test_single_object)
         head_rois = rois if self.training else grow_boxes(rois, self.config.test_roi_margin, size)
         logits = (self.head(features, size, head_rois, skips) if skips is not None
                   else self.head(features, size, head_rois))

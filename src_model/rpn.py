@@ -195,9 +195,11 @@ def select_test_rois(
     scores: list[Tensor],
     score_threshold: float | None = None,
     top_k: int | None = None,
+    single_object: bool = False,
 ) -> tuple[list[Tensor], list[Tensor]]:
     """ROIs at test time: all post-NMS proposals (the authors' rule), optionally only those with
-    ``score >= score_threshold`` and then the ``top_k`` best (proposals arrive best first).
+    ``score >= score_threshold`` and then the ``top_k`` best (proposals arrive best first), and
+    with ``single_object`` only those of them that overlap the best one.
 
     Returns ``(boxes, scores)``: one ``Tensor[K, 4]`` and one ``Tensor[K]`` per image.
     """
@@ -210,6 +212,9 @@ def select_test_rois(
             boxes, s = boxes[keep], s[keep]
         if top_k is not None:
             boxes, s = boxes[:top_k], s[:top_k]
+        if single_object and len(boxes) > 1:
+            keep = box_iou(boxes[:1], boxes)[0] > 0
+            boxes, s = boxes[keep], s[keep]
         out_boxes.append(boxes)
         out_scores.append(s)
     return out_boxes, out_scores
