@@ -173,6 +173,17 @@ def test_test_roi_selection():
     assert s[0].tolist() == pytest.approx([0.9, 0.7]) and torch.equal(b[0], boxes[[1, 3]])
 
 
+def test_single_object_keeps_only_the_boxes_overlapping_the_best_one():
+    boxes = torch.tensor([[50.0, 50, 60, 60], [0, 0, 10, 10], [5, 5, 15, 15], [10, 10, 20, 20]])
+    scores = torch.tensor([0.6, 0.9, 0.8, 0.7])  # the best is [0, 0, 10, 10]
+    b, s = select_test_rois([boxes, boxes[:0]], [scores, scores[:0]], single_object=True)
+    # [5, 5, 15, 15] overlaps it; [10, 10, 20, 20] only touches its corner; the far box goes
+    assert torch.equal(b[0], boxes[[1, 2]]) and s[0].tolist() == pytest.approx([0.9, 0.8])
+    assert b[1].shape == (0, 4)
+    b, _ = select_test_rois([boxes], [scores], score_threshold=0.85, single_object=True)
+    assert torch.equal(b[0], boxes[[1]])
+
+
 def test_invalid_inputs_are_clear_errors():
     model = build_model(tiny_config()).train()
     mask = np.zeros((96, 64), dtype=np.int64)

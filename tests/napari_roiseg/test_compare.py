@@ -50,6 +50,27 @@ def test_tune_roi_margin_takes_the_smallest_best_margin_and_restores_the_config(
     assert model.config.test_roi_margin == 0
 
 
+def test_tune_roi_filter_picks_single_object_jointly_with_the_threshold(monkeypatch):
+    truth = np.zeros((4, 16, 16), np.uint8)
+    truth[:, 4:12, 4:12] = 1
+    spurious = truth.copy()
+    spurious[:, 0:2, 14:16] = 1  # a far-off false box paints its own blob
+
+    def fake_segment(images, model, score_threshold=None, top_k=None):
+        single = model.config.test_single_object
+        return SimpleNamespace(labels=truth if single and score_threshold == 0.3 else spurious)
+
+    monkeypatch.setattr("napari_roiseg.segment.segment_array", fake_segment)
+    from src_model.config import get_preset
+
+    model = SimpleNamespace(config=get_preset("fast"))
+    chosen = compare.tune_roi_filter(model, truth, truth, thresholds=(0.3, 0.9), top_ks=(None,))
+    assert (chosen["score_threshold"], chosen["single_object"]) == (0.3, True)
+    assert len(chosen["table"]) == 4 and not model.config.test_single_object
+    compare.apply_roi_filter(model, chosen)
+    assert model.config.test_single_object and model.config.test_score_threshold == 0.3
+
+
 def _results(tmp_path, name, archs, steps=300):
     rows = [{"arch": a, "method": compare.METHODS[a][0], "seg_loss": "ce", "params": 1e6,
              "train_seconds": 1.0, "ms_per_slice": 2.0,
