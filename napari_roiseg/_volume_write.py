@@ -25,13 +25,29 @@ PathLike = Union[str, "os.PathLike[str]"]
 BOXES_HEADER = ("slice", "y1", "x1", "y2", "x2", "score")
 
 
+def plain_write_mode() -> int:
+    """The permission bits a plain ``open(path, "w")`` gives a new file: 0o666 less the umask.
+
+    Temporary files made by :func:`tempfile.mkstemp` are 0o600; renamed into place they would
+    keep that, and a colleague on a shared machine could not read what this user wrote.
+    """
+    mask = os.umask(0)  # the only way to read the umask; set straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
+
+    The file gets :func:`plain_write_mode` permissions whatever made the temporary file, so an
+    atomic write leaves the same permissions as a plain one.
+    """
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
+        os.chmod(tmp, plain_write_mode())
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -29,6 +29,8 @@ from napari_roiseg._volume_formats import (
     load_tiff,
 )
 from napari_roiseg._volume_write import (
+    atomic_path,
+    plain_write_mode,
     read_boxes_csv,
     write_boxes_csv,
     write_labels_tiff,
@@ -43,6 +45,8 @@ __all__ = [
     "write_volume_tiff",
     "write_boxes_csv",
     "read_boxes_csv",
+    "atomic_path",
+    "plain_write_mode",
     "SUPPORTED_FORMATS",
 ]
 
