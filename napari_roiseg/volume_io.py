@@ -23,6 +23,7 @@ from napari_roiseg._volume_formats import (
     FRAME_SUFFIXES,
     RawVolume,
     VolumeReadError,
+    VolumeReadWarning,
     load_dicom,
     load_nifti,
     load_png,
@@ -40,6 +41,7 @@ from napari_roiseg._volume_write import (
 __all__ = [
     "Volume",
     "VolumeReadError",
+    "VolumeReadWarning",
     "read_volume",
     "write_labels_tiff",
     "write_volume_tiff",
