@@ -50,7 +50,7 @@ def segment_volume(
     *,
     score_threshold: float | None = None,
     top_k: int | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Segment every slice of a volume; optionally show the result in a napari viewer.
 
@@ -72,8 +72,9 @@ def segment_volume(
         ``top_k`` best per slice, are used as ROIs (None: the model's defaults, i.e. all
         post-NMS proposals). The Shapes layer shows boxes with these limits, or with score
         >= 0.5 and the 3 best per slice when they are None.
-    batch_size : int
-        Slices per forward pass.
+    batch_size : int, optional
+        Slices per forward pass; None: ``segment.default_batch_size`` (2 on the CPU, 16 on a
+        GPU), as everywhere else.
 
     Raises
     ------

@@ -31,7 +31,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def evaluate_model(model, volumes, batch_size: int = 8) -> dict[str, Any]:
+def evaluate_model(model, volumes, batch_size: int | None = None) -> dict[str, Any]:
     """Segment every test volume with ``model`` and score all slices together."""
     from src_model.metrics import evaluate_masks
 

@@ -338,7 +338,10 @@ def evaluate_model(model: Any, images: np.ndarray, truth: np.ndarray,
     from src_model.metrics import evaluate_masks
     from src_model.predict import predict
 
-    results = predict(model, images, batch_size=4, device=device, normalize=False)
+    from .segment import default_batch_size
+
+    results = predict(model, images, batch_size=default_batch_size(device), device=device,
+                      normalize=False)
     pred = np.stack([r["mask"] for r in results])
     m = evaluate_masks(pred, truth)
     pooled = m["pooled"]
