@@ -70,7 +70,7 @@ def main() -> None:
     if net is not None:
         widget.set_model(net, f"quick-trained {args.quick_train} steps, screenshot only")
     elif args.model:
-        widget._checkpoint.value = args.model
+        widget.model_panel._checkpoint.value = args.model
 
     worker = widget.run_volume()  # the real background path
     while widget.worker is not None:
