@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, start, busy in (
             ("segment volume", dock.segment.run_volume, lambda: runner.busy),
             ("gate candidate", gate.gate, lambda: dock.session.running() is not None),
-            ("compare on slice", gate.compare, lambda: dock.session.running() is not None)):
+            ("compare on slice", gate.compare, lambda: dock.session.running() is not None),
+            ("compare again", gate.compare, lambda: dock.session.running() is not None)):
         gaps, seconds, start_ms = measure(app, args.interval_ms, start, busy)
         rows.append((name, seconds, start_ms, gaps))
     print(f"torch threads in the segmentation worker {sorted(threads)} (GUI thread "

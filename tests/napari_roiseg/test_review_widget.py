@@ -143,7 +143,11 @@ def test_gate_compare_and_report(setup, untrained_model, phantom, tmp_path):
     names = {layer.name for layer in viewer.layers}
     assert {"compare candidate mask", "compare current mask", "compare candidate boxes",
             "compare current boxes"} <= names
-    assert viewer.layers["compare current mask"].data[filled[0]].any()
+    current = viewer.layers["compare current mask"]  # slice filled[0] only, placed on it
+    assert current.data.shape[0] == 1 and current.data[0].any()
+    assert current.metadata["slice"] == filled[0]
+    np.testing.assert_allclose(current.data_to_world((0, 0, 0)),
+                               image.data_to_world((filled[0], 0, 0)))
 
     paths = widget.export_report(tmp_path / "report", sync=True)
     page = paths["html"].read_text()
