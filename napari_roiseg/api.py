@@ -266,7 +266,7 @@ def correction_history(project: Any) -> Any:
     """The correction history of a project folder (``history.CorrectionHistory``): records
     (``.records``, ``.load_record(id)``), review marks, the locked set (``.lock``, ``.locked``),
     locked-set scores per version (``.version_metrics(name)``) and the gate log (``.decisions``)."""
-    from .history import CorrectionHistory
+    from .project.history import CorrectionHistory
 
     return CorrectionHistory(project)
 
@@ -314,7 +314,7 @@ def export_review_report(out_dir: Any, project: Any = None, labels: Any = None,
     the queue (when ``labels`` is given, see :func:`review_scores`), review marks, corrections
     and their dice, model versions with locked-set metrics and gate decisions. Returns the paths.
     """
-    from .report import export_report
+    from .project.report import export_report
 
     scores = review_scores(labels, boxes) if labels is not None else None
     history = correction_history(project) if project is not None else None

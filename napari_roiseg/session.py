@@ -24,7 +24,7 @@ from typing import Any
 from psygnal import Signal
 
 from . import busy
-from .project import Project, default_project_folder
+from .project.project import Project, default_project_folder
 
 __all__ = ["CHECKPOINT", "DEFAULT", "MEMORY", "PROJECT", "Session", "SessionEvents",
            "get_session"]

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_roiseg._widgets import RoisegDock
-    from napari_roiseg.history import CorrectionHistory
+    from napari_roiseg.project.history import CorrectionHistory
     from napari_roiseg.project import Project
     from napari_roiseg.segment import load_model
     from sample_data.phantom import make_phantom

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_roiseg.compare import evaluate_model
+from napari_roiseg.cli.compare import evaluate_model
 from napari_roiseg.segment import default_checkpoint
-from napari_roiseg.train_job import LabelledVolume, train_model
+from napari_roiseg.cli.train_job import LabelledVolume, train_model
 from sample_data.real_data import load_hc18
 from src_model.checkpoint import load_checkpoint
 from src_model.data import _resize

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from napari_roiseg.compare import evaluate_model, tune_test_rois
-from napari_roiseg.train_job import load_source, train_model, validation_arrays
+from napari_roiseg.cli.compare import evaluate_model, tune_test_rois
+from napari_roiseg.cli.train_job import load_source, train_model, validation_arrays
 from src_model.checkpoint import save_checkpoint
 from src_model.config import get_preset
 from src_model.model import build_model

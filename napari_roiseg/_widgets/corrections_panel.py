@@ -18,9 +18,9 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
-from ..corrections import Corrections, SlicePlan, detect_corrected, parse_slices, plan_slices
+from ..project.corrections import Corrections, SlicePlan, detect_corrected, parse_slices, plan_slices
 from ..finetune import check_labels_shape
-from ..history import locked_plan, locked_slices
+from ..project.history import locked_plan, locked_slices
 from ..layers import PREDICTION_KEY, as_slices, transform_kwargs
 from ..session import Session
 from .hooks import Panel, ViewerHooks

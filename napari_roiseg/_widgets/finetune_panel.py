@@ -18,11 +18,11 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import busy
 from ..finetune import FinetuneConfig, FinetuneResult, TrainingHistory, drain, iter_finetune
-from ..history import route_new_version
+from ..project.history import route_new_version
 from ..layers import as_slices, image_array
 from ..segment import check_volume
 from ..session import Session
-from ..volume_io import check_finite
+from ..io.volumes import check_finite
 from .corrections_panel import CorrectionsPanel
 from .hooks import Panel, ViewerHooks
 from .plots import HistoryCanvas

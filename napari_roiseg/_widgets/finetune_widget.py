@@ -14,7 +14,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QVBoxLayout
 
-from ..project import Project
+from ..project.project import Project
 from ..session import get_session
 from .corrections_panel import CorrectionsPanel
 from .finetune_panel import FinetunePanel

@@ -19,8 +19,8 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
 from .. import busy
-from ..corrections import detect_corrected, plan_slices
-from ..history import DEFAULT_TOLERANCE, GateDecision
+from ..project.corrections import detect_corrected, plan_slices
+from ..project.history import DEFAULT_TOLERANCE, GateDecision
 from ..layers import as_slices, box_rectangles, transform_kwargs
 from ..session import PROJECT, Session
 from .review_panel import ReviewPanel, session_history
@@ -301,9 +301,9 @@ class GatePanel(Container):
     # ------------------------------------------------------------------ report
 
     def export_report(self, folder: Any = None, sync: bool = False) -> Any:
-        """Write review.html and the CSV tables (see :mod:`napari_roiseg.report`); returns
+        """Write review.html and the CSV tables (see :mod:`napari_roiseg.project.report`); returns
         the paths when ``sync``."""
-        from ..report import export_report
+        from ..project.report import export_report
 
         history = session_history(self.session)
         if history is None:

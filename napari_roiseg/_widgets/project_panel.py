@@ -12,7 +12,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 from napari.utils.notifications import show_error, show_info
 
 from ..model_info import describe_version
-from ..project import Project
+from ..project.project import Project
 from ..session import Session
 from .hooks import ViewerHooks
 

@@ -1,7 +1,7 @@
 """The Review step's queue: the slices most likely to need a look first, marks, history.
 
 The scores live in :mod:`napari_roiseg.review`, the correction history in
-:mod:`napari_roiseg.history` (both tested without a GUI). The numbers come from the session's
+:mod:`napari_roiseg.project.history` (both tested without a GUI). The numbers come from the session's
 mask layer's ``metadata["roiseg_stats"]`` (layers made by a run carry the model's per-slice
 rows, entropy included), else from the mask and the boxes layer (no entropy). The model's
 original prediction is the mask layer's ``metadata[PREDICTION_KEY]``, else the project's saved
@@ -23,8 +23,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QKeySequence, QShortcut
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
-from ..corrections import detect_corrected
-from ..history import CorrectionHistory
+from ..project.corrections import detect_corrected
+from ..project.history import CorrectionHistory
 from ..layers import PREDICTION_KEY, STATS_KEY, as_slices
 from ..review import ReviewScores, score_slices, shapes_to_rows, stats_from_layers
 from ..session import Session

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from napari.layers import Image, Labels, Shapes
 from qtpy.QtWidgets import QVBoxLayout
 
-from ..history import CorrectionHistory
-from ..project import Project
+from ..project.history import CorrectionHistory
+from ..project.project import Project
 from ..session import get_session
 from .gate_panel import GatePanel
 from .hooks import HookedDock, ViewerHooks

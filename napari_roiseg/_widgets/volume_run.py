@@ -25,7 +25,7 @@ from src_model.generators import drain
 from ..layers import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, ResultLayers, image_array
 from ..segment import VolumeSegmentation, check_volume, iter_segment
 from ..session import PROJECT, Session
-from ..volume_io import check_finite
+from ..io.volumes import check_finite
 from .pickers import shown_slice
 from .volume_flush import VolumeFlush, VolumeRun, _with_torch_threads
 

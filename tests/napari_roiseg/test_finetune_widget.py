@@ -208,7 +208,7 @@ def test_finetune_after_the_review_gate_trains_the_version_it_made_current(
     train the weights cached in the Fine-tune dock while recording the new parent.)"""
     import napari_roiseg.finetune as finetune_module
     from napari_roiseg._widgets.review_widget import ReviewWidget
-    from napari_roiseg.history import CorrectionHistory
+    from napari_roiseg.project.history import CorrectionHistory
 
     viewer, image, labels, widget = setup
     assert widget._ensure_model() is net and widget.project.current_version == "v000"

@@ -37,13 +37,13 @@ def _plain_mode(folder: Path) -> int:
 
 
 def test_plain_write_mode_matches_open(tmp_path, umask):
-    from napari_roiseg.volume_io import plain_write_mode
+    from napari_roiseg.io.volumes import plain_write_mode
 
     assert plain_write_mode() == _plain_mode(tmp_path) == 0o666 & ~umask
 
 
 def test_atomic_path_gives_plain_permissions_even_to_a_0600_temp_file(tmp_path, umask):
-    from napari_roiseg.volume_io import atomic_path
+    from napari_roiseg.io.volumes import atomic_path
 
     target = tmp_path / "out.bin"
     with atomic_path(target) as tmp:
@@ -54,7 +54,7 @@ def test_atomic_path_gives_plain_permissions_even_to_a_0600_temp_file(tmp_path, 
 
 def test_labels_boxes_and_project_files(tmp_path, umask, untrained_model):
     from napari_roiseg.project import Project
-    from napari_roiseg.volume_io import write_boxes_csv, write_labels_tiff
+    from napari_roiseg.io.volumes import write_boxes_csv, write_labels_tiff
 
     plain = _plain_mode(tmp_path)
     labels = write_labels_tiff(tmp_path / "labels.tif", np.zeros((2, 8, 8), np.uint8))

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from napari_roiseg._widgets.review_widget import NEXT_KEY, PREVIOUS_KEY, ReviewWidget  # noqa: E402
-from napari_roiseg.history import CorrectionHistory  # noqa: E402
+from napari_roiseg.project.history import CorrectionHistory  # noqa: E402
 from napari_roiseg.layers import STATS_KEY  # noqa: E402
 from napari_roiseg.project import Project  # noqa: E402
 
@@ -255,7 +255,7 @@ def test_snapshots_are_kept_per_mask_layer(make_napari_viewer, phantom, tmp_path
 def test_lock_uses_the_saved_corrections(setup, phantom, segmentation):
     """The locked set's reference masks are the annotator's saved corrections, not the
     (uncorrected) mask layer that happens to be chosen."""
-    from napari_roiseg.corrections import Corrections
+    from napari_roiseg.project.corrections import Corrections
 
     _, _, labels, widget = setup
     fixed = segmentation.labels.copy()

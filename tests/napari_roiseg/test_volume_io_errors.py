@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_roiseg.volume_io import VolumeReadError, read_volume
+from napari_roiseg.io.volumes import VolumeReadError, read_volume
 
 
 def test_missing_file(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_roiseg.volume_io import Volume, natural_key, read_volume
+from napari_roiseg.io.volumes import Volume, natural_key, read_volume
 
 SPACING = (2.5, 0.3, 0.2)
 
@@ -165,7 +165,7 @@ def test_volume_is_frozen(tmp_path, volume):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_imagej_stack_whose_only_axis_is_c_is_read_as_slices(tmp_path, volume, dtype):
     # tifffile's default for a 3D array with imagej=True: axes CYX, channels=N, no slices
-    from napari_roiseg.volume_io import VolumeReadWarning
+    from napari_roiseg.io.volumes import VolumeReadWarning
 
     path = tmp_path / "default.tif"
     tifffile.imwrite(path, volume.astype(dtype), imagej=True)
@@ -176,7 +176,7 @@ def test_imagej_stack_whose_only_axis_is_c_is_read_as_slices(tmp_path, volume, d
 
 
 def test_reader_says_when_channels_were_read_as_slices(tmp_path, volume, monkeypatch):
-    import napari_roiseg._reader as reader
+    import napari_roiseg.io.reader as reader
 
     shown = []
     monkeypatch.setattr(reader, "show_warning", shown.append)

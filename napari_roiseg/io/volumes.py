@@ -19,7 +19,7 @@ from typing import Union
 
 import numpy as np
 
-from napari_roiseg._volume_formats import (
+from napari_roiseg.io.formats import (
     FRAME_SUFFIXES,
     RawVolume,
     VolumeReadError,
@@ -29,7 +29,7 @@ from napari_roiseg._volume_formats import (
     load_png,
     load_tiff,
 )
-from napari_roiseg._volume_write import (
+from napari_roiseg.io.writers import (
     atomic_path,
     plain_write_mode,
     read_boxes_csv,

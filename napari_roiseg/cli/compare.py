@@ -35,7 +35,7 @@ def evaluate_model(model, volumes, batch_size: int | None = None) -> dict[str, A
     """Segment every test volume with ``model`` and score all slices together."""
     from src_model.metrics import evaluate_masks
 
-    from .segment import segment_array
+    from ..segment import segment_array
 
     preds, truths = [], []
     for v in volumes:
@@ -58,7 +58,7 @@ def tune_test_rois(model, images: Any, truth: np.ndarray,
     """
     from src_model.metrics import evaluate_masks
 
-    from .segment import segment_array
+    from ..segment import segment_array
 
     if segment is None:
         def segment(images, model, score_threshold, top_k):
@@ -183,7 +183,7 @@ def _scores(model, test, val_raw) -> dict[str, Any]:
     picks the loss)."""
     from src_model.metrics import evaluate_masks
 
-    from .segment import segment_array
+    from ..segment import segment_array
 
     t0 = time.perf_counter()
     metrics = evaluate_model(model, test)

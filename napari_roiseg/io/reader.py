@@ -1,4 +1,4 @@
-"""npe2 reader contribution: open volumes with :func:`napari_roiseg.volume_io.read_volume`.
+"""npe2 reader contribution: open volumes with :func:`napari_roiseg.io.volumes.read_volume`.
 
 napari imports this module to ask every plugin whether it can read a path, so it stays light
 (numpy, tifffile, napari notifications; never torch).
@@ -14,8 +14,8 @@ from typing import Any, Union
 
 from napari.utils.notifications import show_error, show_warning
 
-from napari_roiseg._volume_formats import FRAME_SUFFIXES
-from napari_roiseg.volume_io import VolumeReadError, VolumeReadWarning, read_volume
+from napari_roiseg.io.formats import FRAME_SUFFIXES
+from napari_roiseg.io.volumes import VolumeReadError, VolumeReadWarning, read_volume
 
 PathOrPaths = Union[str, Sequence[str]]
 LayerData = tuple[Any, dict[str, Any], str]

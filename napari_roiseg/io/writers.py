@@ -1,6 +1,6 @@
 """Atomic writers: ImageJ TIFF for volumes and labels, CSV for detector boxes.
 
-Public through :mod:`napari_roiseg.volume_io`. Every writer writes a temporary file in the
+Public through :mod:`napari_roiseg.io.volumes`. Every writer writes a temporary file in the
 target folder and renames it over the target (``os.replace``), so an interrupted save never
 leaves a half-written file where a good one was.
 """
@@ -71,7 +71,7 @@ def write_volume_tiff(
         integers that fit become uint16, everything else float32.
     spacing : sequence of 3 floats
         Voxel size ``(z, y, x)``, stored as ImageJ ``spacing`` and resolution tags, which
-        :func:`~napari_roiseg.volume_io.read_volume` reads back.
+        :func:`~napari_roiseg.io.volumes.read_volume` reads back.
     unit : str, optional
         Spacing unit, e.g. ``"mm"``.
 

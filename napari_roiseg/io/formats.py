@@ -1,4 +1,4 @@
-"""Per-format loaders behind :func:`napari_roiseg.volume_io.read_volume`.
+"""Per-format loaders behind :func:`napari_roiseg.io.volumes.read_volume`.
 
 Each loader returns a :class:`RawVolume`: the pixel array as the library gives it, where its
 colour/channel axis is, and the spacing ``(z, y, x)`` found in the metadata (None = unknown).
@@ -27,14 +27,14 @@ class VolumeReadError(ValueError):
     """A file could not be read as a volume; the message says why and what would work."""
 
 
-VolumeReadError.__module__ = "napari_roiseg.volume_io"  # its public home
+VolumeReadError.__module__ = "napari_roiseg.io.volumes"  # its public home
 
 
 class VolumeReadWarning(UserWarning):
     """A file was read, but not literally as its metadata says (the message says how)."""
 
 
-VolumeReadWarning.__module__ = "napari_roiseg.volume_io"
+VolumeReadWarning.__module__ = "napari_roiseg.io.volumes"
 
 
 @dataclass(frozen=True, eq=False)
