@@ -61,7 +61,8 @@ def measure(app: Any, interval_ms: int, start: Callable[[], Any],
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--slices", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=0, help="0: segment.default_batch_size")
+    p.add_argument("--batch-size", type=int, default=0, choices=[0, 1, 2, 4, 8, 16, 32, 64],
+                   help="0: segment.default_batch_size")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--interval-ms", type=int, default=10)
     args = p.parse_args(argv)

@@ -226,6 +226,8 @@ class CorrectionsPanel(Panel):
         layer = self.labels_layer
         if layer is None or self.shape_problem():
             return  # labels of another shape would overwrite the image's saved corrections
+        if self.session.project is None and not self.corrections.listed():
+            return  # nothing corrected yet: no project folder made just for a model's run
         project = ensure_project(self.session)
         if project is None:
             return

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
 
 from .. import busy
 from ..project.corrections import detect_corrected, plan_slices
 from ..project.history import DEFAULT_TOLERANCE, GateDecision
-from ..layers import as_slices, box_rectangles, transform_kwargs
+from ..layers import as_slices
 from ..session import PROJECT, Session
+from .compare_layers import CompareLayers
 from .review_panel import ReviewPanel, session_history
 
 
@@ -58,9 +58,6 @@ def run_job(session: Session, what: str, job: Callable[[], Any], done: Callable[
         "finished": finish})
 
 
-COMPARE_COLOURS = {"candidate": "magenta", "current": "cyan"}
-
-
 class GatePanel(Container):
     """Lock, candidate, tolerance, Gate, Compare, override, Export report."""
 
@@ -69,7 +66,7 @@ class GatePanel(Container):
         self.session = session
         self.review = review
         self.decision: GateDecision | None = None
-        self.compare_layers: dict[str, Any] = {}
+        self.compare_view = CompareLayers(session.viewer)
         self.worker: Any = None
         self._lock_button = PushButton(text="Lock held-out set", tooltip=(
             "freeze the held-out corrected slices (their saved corrections) as the gate's test "
@@ -234,69 +231,15 @@ class GatePanel(Container):
                     out[role] = (version, result["mask"], result_boxes(k, result))
             return out
 
+        def show(out: dict[str, Any]) -> dict[str, Any]:
+            shown = self.compare_view.show(image, k, out, sync)
+            self._gate_info.value = f"slice {k}: " + " | ".join(
+                f"{role} {v['version']}: mask {v['area']} px, {v['boxes']} boxes"
+                for role, v in shown.items())
+            return shown
+
         return run_job(self.session, f"comparing {name}", job,
-                       lambda out: self._show_compare(image, k, out, sync), {}, sync)
-
-    def _show_compare(self, image: Any, k: int, out: dict[str, Any],
-                      sync: bool = True) -> dict[str, Any]:
-        """Show each version's mask (contours) and boxes of slice ``k`` in the compare layers.
-
-        Each layer holds that one slice only, placed on it, and each change (making a layer:
-        0.1-0.7 s with software OpenGL; new data: 30-60 ms each, with the redraw it asks for)
-        runs in a turn of the event loop of its own, so the viewer keeps drawing in between;
-        ``sync`` does it all now. Returns what is shown.
-        """
-        place = transform_kwargs(image)
-        place["translate"] = (place["translate"][0] + k * place["scale"][0],
-                              *place["translate"][1:])
-        steps, shown = [], {}
-        for role, (version, mask, rows) in out.items():
-            boxes = np.array(rows, copy=True)
-            boxes[:, 0] = 0  # the layer's only slice
-            steps += [lambda r=role, m=mask: self._compare_layer(r, "mask", m.shape, place),
-                      lambda r=role, m=mask: self._compare_layer(r, "boxes", m.shape, place),
-                      lambda r=role, m=mask, v=version: self._set_compare_mask(r, m, v, k),
-                      lambda r=role, b=boxes: setattr(self.compare_layers[f"compare {r} boxes"],
-                                                      "data", list(box_rectangles(b, 3)))]
-            shown[role] = {"version": version, "area": int(mask.sum()), "boxes": len(rows)}
-        steps.append(lambda: setattr(self._gate_info, "value", f"slice {k}: " + " | ".join(
-            f"{role} {v['version']}: mask {v['area']} px, {v['boxes']} boxes"
-            for role, v in shown.items())))
-
-        def run(rest: list) -> None:
-            while rest:
-                rest.pop(0)()
-                if not sync and rest:
-                    QTimer.singleShot(1, lambda: run(rest))
-                    return
-
-        run(steps)
-        return shown
-
-    def _compare_layer(self, role: str, kind: str, shape: tuple[int, ...],
-                       place: dict[str, Any]) -> None:
-        """Make the compare layer of ``role`` and ``kind`` if needed, placed by ``place``."""
-        viewer, name = self.session.viewer, f"compare {role} {kind}"
-        layer = self.compare_layers.get(name)
-        if layer is not None and layer in viewer.layers:
-            if tuple(layer.translate) != tuple(place["translate"]):
-                layer.translate = place["translate"]
-            return
-        if kind == "mask":
-            layer = viewer.add_labels(np.zeros((1, *shape), np.uint8), name=name, **place)
-            layer.contour = 2
-        else:
-            layer = viewer.add_shapes(name=name, ndim=3, shape_type="rectangle",
-                                      face_color="transparent", edge_width=1.0,
-                                      edge_color=COMPARE_COLOURS[role], **place)
-            layer.current_edge_color = COMPARE_COLOURS[role]
-        self.compare_layers[name] = layer
-
-    def _set_compare_mask(self, role: str, mask: np.ndarray, version: str, k: int) -> None:
-        layer = self.compare_layers[f"compare {role} mask"]
-        layer.data[0] = mask  # in place: cheaper than new data
-        layer.refresh()
-        layer.metadata = {**layer.metadata, "roiseg_version": version, "slice": k}
+                       show, {}, sync)
 
     # ------------------------------------------------------------------ report
 

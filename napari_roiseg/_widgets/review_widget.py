@@ -91,7 +91,7 @@ class ReviewWidget(HookedDock):
     FORWARD = {"review": ("scores", "table", "canvas", "shortcuts", "snapshots", "marks",
                           "refresh_scores", "current_slice", "go_to", "step", "prediction",
                           "mark_current", "record_slice", "record_edits"),
-               "gate_panel": ("decision", "compare_layers", "reference_masks", "lock", "gate",
+               "gate_panel": ("decision", "compare_view", "reference_masks", "lock", "gate",
                               "compare", "export_report")}
 
     def __getattr__(self, name: str) -> Any:

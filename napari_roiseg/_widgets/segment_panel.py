@@ -10,6 +10,7 @@ from typing import Any
 
 from magicgui.widgets import (
     CheckBox,
+    ComboBox,
     Container,
     FloatSlider,
     Label,
@@ -26,6 +27,11 @@ from .pickers import shown_slice
 from .volume_run import segmenter
 
 
+# 0: segment.default_batch_size, the one default of every run
+BATCH_SIZES = [("auto (2 on the CPU, 16 on a GPU)", 0), *((str(n), n) for n in (1, 2, 4, 8, 16, 32,
+                                                                                64))]
+
+
 class SegmentPanel(Container):
     """Buttons, batch size, follow mode, progress and the boxes' display limits."""
 
@@ -35,10 +41,8 @@ class SegmentPanel(Container):
         super().__init__(labels=True)
         self.session = session
         self.runner = segmenter(session)
-        self._batch = SpinBox(label="batch size", min=0, max=64, value=0,
-                              tooltip="slices per forward pass in whole-volume runs; auto: "
-                              "segment.default_batch_size (2 on the CPU, 16 on a GPU)")
-        self._batch.native.setSpecialValueText("auto")  # 0 shows as "auto"
+        self._batch = ComboBox(label="batch size", value=0, choices=BATCH_SIZES,
+                               tooltip="slices per forward pass in whole-volume runs")
         self._slice_button = PushButton(text="Segment slice",
                                         tooltip="segment the slice shown (instant)")
         self._volume_button = PushButton(text="Segment volume",

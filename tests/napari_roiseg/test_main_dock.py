@@ -152,3 +152,17 @@ def test_closing_a_dock_disconnects_what_it_connected(make_napari_viewer, phanto
         dock.close()
     assert counts() == before
     assert len(session.events.layers) == 0 and len(session.events.model) == 0
+
+
+def test_a_run_alone_makes_no_project_folder(make_napari_viewer, phantom, untrained_model,
+                                             qtbot, monkeypatch, tmp_path):
+    """The Correct step watches the mask; a model's run writing into it is no correction, so
+    no project folder is made (in the user's home) before anything was corrected."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    viewer = make_napari_viewer()
+    viewer.add_image(phantom.volume, name="hip")
+    dock = RoisegDock(viewer, model=untrained_model())
+    dock.segment.run_volume(sync=True)
+    qtbot.wait(2 * dock.correct.DETECT_DELAY_MS)
+    assert dock.correct.corrections.listed() == [] and dock.session.project is None
+    assert not (tmp_path / "napari-roiseg").exists()
