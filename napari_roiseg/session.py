@@ -45,6 +45,24 @@ class SessionEvents:
     running = Signal(object)  # what started running (str), or None when it ended
 
 
+class _LayerRole:
+    """A layer the session holds for every dock; choosing another one tells them all."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, f"_{name}"
+
+    def __get__(self, session: Any, owner: type | None = None) -> Any:
+        return self if session is None else session.__dict__.get(self.slot)
+
+    def __set__(self, session: Any, layer: Any) -> None:
+        if layer is not session.__dict__.get(self.slot):
+            session.__dict__[self.slot] = layer
+            session._layer_chosen(self.name, layer)
+
+
 class Session:
     """The shared state of one viewer's docks (see the module docstring).
 
@@ -57,9 +75,6 @@ class Session:
     def __init__(self, viewer: Any = None) -> None:
         self.viewer = viewer
         self.events = SessionEvents()
-        self._image: Any = None
-        self._mask: Any = None
-        self._boxes: Any = None
         self.project: Project | None = None
         self.device = "auto"
         self.source = DEFAULT
@@ -72,46 +87,21 @@ class Session:
 
     # ------------------------------------------------------------------ layers
 
-    @property
-    def image_layer(self) -> Any:
-        return self._image
+    image_layer = _LayerRole("the image: the volume segmented, corrected and fine-tuned on")
+    mask_layer = _LayerRole("the Labels layer the annotator corrects: the model's mask")
+    boxes_layer = _LayerRole("the Shapes layer of the model's boxes")
 
-    @image_layer.setter
-    def image_layer(self, layer: Any) -> None:
-        if layer is not self._image:
-            self._image = layer
-            if layer is not None and self.project is not None:
-                self._bind(self.project)
-            self.events.layers.emit()
-
-    @property
-    def mask_layer(self) -> Any:
-        """The Labels layer the annotator corrects: the model's mask of the image."""
-        return self._mask
-
-    @mask_layer.setter
-    def mask_layer(self, layer: Any) -> None:
-        if layer is not self._mask:
-            self._mask = layer
-            self.events.layers.emit()
-
-    @property
-    def boxes_layer(self) -> Any:
-        return self._boxes
-
-    @boxes_layer.setter
-    def boxes_layer(self, layer: Any) -> None:
-        if layer is not self._boxes:
-            self._boxes = layer
-            self.events.layers.emit()
+    def _layer_chosen(self, role: str, layer: Any) -> None:
+        if role == "image_layer" and layer is not None and self.project is not None:
+            self._bind(self.project)
+        self.events.layers.emit()
 
     def forget_layer(self, layer: Any) -> None:
         """``layer`` was removed from the viewer: drop every reference to it."""
         self.results.pop(layer, None)
-        for name in ("_image", "_mask", "_boxes"):
-            if getattr(self, name) is layer:
-                setattr(self, name, None)
-                self.events.layers.emit()
+        for role in ("image_layer", "mask_layer", "boxes_layer"):
+            if getattr(self, role) is layer:
+                setattr(self, role, None)
 
     # ------------------------------------------------------------------ project
 
@@ -129,7 +119,7 @@ class Session:
         return project
 
     def _bind(self, project: Project) -> None:
-        layer = self._image
+        layer = self.image_layer
         if layer is not None:
             from .layers import as_slices
 
@@ -137,9 +127,10 @@ class Session:
 
     def default_project_folder(self) -> Path | None:
         """Where the image's project goes when none was chosen (None without an image)."""
-        if self._image is None:
+        image = self.image_layer
+        if image is None:
             return None
-        return default_project_folder(self._image.name, getattr(self._image.source, "path", None))
+        return default_project_folder(image.name, getattr(image.source, "path", None))
 
     # ------------------------------------------------------------------ model
 

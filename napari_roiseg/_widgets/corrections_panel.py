@@ -83,7 +83,8 @@ class CorrectionsPanel(Panel):
         self.follow_session()
         self.restore()
 
-    def unwatch(self) -> None:
+    def unhook(self) -> None:
+        """Stop watching the mask layer (the dock closes)."""
         self._watch(None)
 
     # ------------------------------------------------------------------ the mask layer

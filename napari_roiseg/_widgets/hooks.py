@@ -140,3 +140,57 @@ class Panel(QWidget):
         """Append magicgui widgets or Qt widgets, in order."""
         for part in parts:
             self.layout().addWidget(getattr(part, "native", part))
+
+
+class SessionDock(HookedDock):
+    """A dock that arranges panels over the viewer's session, one under the other.
+
+    ``FORWARD`` names the panels' attributes the dock answers for (an explicit list: napari
+    looks up attributes such as ``native`` on docks, which must stay the dock's own).
+    """
+
+    FORWARD: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__(viewer)
+        from ..session import get_session
+
+        self.session = get_session(viewer)
+        self.parts: tuple[Any, ...] = ()
+
+    def arrange(self, *parts: Any) -> None:
+        """Lay out ``parts`` (magicgui or Qt panels) and start their hooks."""
+        self.parts = parts
+        layout = QVBoxLayout(self)
+        for part in parts:
+            layout.addWidget(getattr(part, "native", part))
+        self.start_hooks()
+
+    def hook(self, hooks: ViewerHooks) -> None:
+        for part in self.parts:
+            part.hook(hooks)
+
+    def unhook(self) -> None:
+        for part in self.parts:
+            if "unhook" in type(part).__dict__:  # panels that hold more than hooks
+                part.unhook()
+        super().unhook()
+
+    # what scripts and tests reach for
+    @property
+    def project(self) -> Any:
+        return self.session.project
+
+    @property
+    def image_layer(self) -> Any:
+        return self.session.image_layer
+
+    @property
+    def labels_layer(self) -> Any:
+        return self.session.mask_layer
+
+    def __getattr__(self, name: str) -> Any:
+        for part, names in type(self).FORWARD.items():
+            if name in names and part in self.__dict__:
+                return getattr(self.__dict__[part], name)
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")

@@ -14,18 +14,17 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
-from ..session import get_session
 from .corrections_panel import CorrectionsPanel
 from .finetune_panel import FinetunePanel
 from .gate_panel import GatePanel
-from .hooks import HookedDock, ViewerHooks
+from .hooks import SessionDock, ViewerHooks
 from .model_panel import ModelPanel
 from .pickers import LayerPickers
 from .project_panel import ProjectPanel
 from .readout_panel import ReadoutPanel
 from .review_panel import ReviewPanel
 from .segment_panel import SegmentPanel
-from .segment_widget import preload_run_modules
+from .segment_widget import hook_segmenter, preload_run_modules
 
 if TYPE_CHECKING:
     import napari
@@ -46,7 +45,7 @@ def _scrolling(*parts: Any) -> QScrollArea:
     return area
 
 
-class RoisegDock(HookedDock):
+class RoisegDock(SessionDock):
     """Dock: every step of the loop, with the image and the model chosen once.
 
     Parameters
@@ -62,7 +61,7 @@ class RoisegDock(HookedDock):
                  project: Any = None) -> None:
         super().__init__(napari_viewer)
         preload_run_modules()
-        session = self.session = get_session(napari_viewer)
+        session = self.session
         if model is not None:
             session.set_model(model, "model given to the widget")
         self.pickers = LayerPickers(session)
@@ -85,27 +84,16 @@ class RoisegDock(HookedDock):
         layout.addWidget(self.model_panel.native)
         layout.addWidget(self.steps, 1)
         self.setMinimumWidth(380)
+        self.parts = (self.pickers, self.model_panel, self.segment, self.correct,
+                      self.project_panel, self.tune, self.readout, self.review, self.gate_panel)
         self.start_hooks()
         self.segment.runner.prepare_layers()
         if project is not None:
             self.project_panel.open_project(project)
 
-    @property
-    def parts(self) -> tuple[Any, ...]:
-        return (self.pickers, self.model_panel, self.segment, self.correct, self.project_panel,
-                self.tune, self.readout, self.review, self.gate_panel)
-
     def hook(self, hooks: ViewerHooks) -> None:
-        for part in self.parts:
-            part.hook(hooks)
-        runner = self.segment.runner
-        hooks.connect(self.session.events.layers, "prepare_layers", runner)
-        hooks.connect(runner.running, "set_running", self.pickers)
-
-    def unhook(self) -> None:
-        self.correct.unwatch()
-        self.review.unhook()
-        super().unhook()
+        super().hook(hooks)
+        hook_segmenter(hooks, self.session, self.pickers, self.model_panel)
 
     def show_step(self, name: str) -> None:
         """Bring step ``name`` (one of ``STEPS``) to the front."""

@@ -106,6 +106,7 @@ class ModelPanel(Container):
         self._device_info.value = f"{choice} -> {device}"
         return device
 
-    def set_enabled(self, enabled: bool) -> None:
+    def set_running(self, running: bool) -> None:
+        """No other model or device while a run uses them."""
         for w in (self._source, self._checkpoint, self._device):
-            w.enabled = enabled
+            w.enabled = not running

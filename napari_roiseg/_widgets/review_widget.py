@@ -12,13 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image, Labels, Shapes
-from qtpy.QtWidgets import QVBoxLayout
 
-from ..project.history import CorrectionHistory
-from ..project.project import Project
-from ..session import get_session
 from .gate_panel import GatePanel
-from .hooks import HookedDock, ViewerHooks
+from .hooks import SessionDock
 from .pickers import LayerPickers
 from .project_panel import ProjectPanel
 from .review_panel import NEXT_KEY, PREVIOUS_KEY, ReviewPanel
@@ -29,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["NEXT_KEY", "PREVIOUS_KEY", "ReviewWidget"]
 
 
-class ReviewWidget(HookedDock):
+class ReviewWidget(SessionDock):
     """Dock: the review queue (table + plot), marks, history, locked set, gate, report.
 
     Parameters
@@ -39,63 +35,24 @@ class ReviewWidget(HookedDock):
         Open this project folder at once (else the volume's default project on first need).
     """
 
+    FORWARD = {"review": ("scores", "table", "canvas", "shortcuts", "snapshots", "marks",
+                          "history", "refresh_scores", "current_slice", "go_to", "step",
+                          "prediction", "mark_current", "record_slice", "record_edits"),
+               "gate_panel": ("decision", "compare_view", "reference_masks", "lock", "gate",
+                              "compare", "export_report"),
+               "project_panel": ("open_project",)}
+
     def __init__(self, napari_viewer: napari.Viewer, project: Any = None) -> None:
         super().__init__(napari_viewer)
-        self.session = get_session(napari_viewer)
         self.pickers = LayerPickers(self.session)
         self.project_panel = ProjectPanel(self.session, versions=False)
         self.review = ReviewPanel(self.session)
         self.gate_panel = GatePanel(self.session, self.review)
-        layout = QVBoxLayout(self)
-        for part in (self.pickers, self.project_panel, self.review, self.gate_panel):
-            layout.addWidget(part.native)
-        self.start_hooks()
+        self.arrange(self.pickers, self.project_panel, self.review, self.gate_panel)
         if project is not None:
             self.open_project(project)
-
-    def hook(self, hooks: ViewerHooks) -> None:
-        for part in (self.pickers, self.project_panel, self.review, self.gate_panel):
-            part.hook(hooks)
-
-    def unhook(self) -> None:
-        self.review.unhook()
-        super().unhook()
-
-    # what scripts and tests reach for
-    @property
-    def project(self) -> Project | None:
-        return self.session.project
-
-    @property
-    def history(self) -> CorrectionHistory | None:
-        return self.review.history
-
-    @property
-    def image_layer(self) -> Image | None:
-        return self.session.image_layer
-
-    @property
-    def labels_layer(self) -> Labels | None:
-        return self.session.mask_layer
-
-    def open_project(self, folder: Any) -> Project | None:
-        return self.project_panel.open_project(folder)
 
     def select(self, image: Image | None = None, labels: Labels | None = None,
                boxes: Shapes | None = None) -> None:
         """Choose the layers (what the combo boxes do)."""
         self.pickers.choose(image=image, mask=labels, boxes=boxes)
-
-    # The Review step's methods are the panels'; this dock only arranges them (an explicit
-    # list: napari looks up attributes such as ``native`` on docks, which must stay ours).
-    FORWARD = {"review": ("scores", "table", "canvas", "shortcuts", "snapshots", "marks",
-                          "refresh_scores", "current_slice", "go_to", "step", "prediction",
-                          "mark_current", "record_slice", "record_edits"),
-               "gate_panel": ("decision", "compare_view", "reference_masks", "lock", "gate",
-                              "compare", "export_report")}
-
-    def __getattr__(self, name: str) -> Any:
-        for part, names in self.FORWARD.items():
-            if name in names and part in self.__dict__:
-                return getattr(self.__dict__[part], name)
-        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")

@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image
-from qtpy.QtWidgets import QVBoxLayout
 
-from ..session import get_session
-from .hooks import HookedDock, ViewerHooks
+from ..session import Session
+from .hooks import SessionDock, ViewerHooks
 from .model_panel import ModelPanel
 from .pickers import LayerPickers, shown_slice
 from .segment_panel import SegmentPanel
+from .volume_run import segmenter
 
 if TYPE_CHECKING:
     import napari
@@ -31,7 +31,17 @@ def preload_run_modules() -> None:
     import pandas  # noqa: F401
 
 
-class SegmentWidget(HookedDock):
+def hook_segmenter(hooks: ViewerHooks, session: Session, pickers: LayerPickers,
+                   model_panel: ModelPanel) -> None:
+    """What a dock with the Segment step connects: an image chosen gets its result layers at
+    once, and no other layer or model can be chosen while a run works."""
+    runner = segmenter(session)
+    hooks.connect(session.events.layers, "prepare_layers", runner)
+    hooks.connect(runner.running, "set_running", pickers)
+    hooks.connect(runner.running, "set_running", model_panel)
+
+
+class SegmentWidget(SessionDock):
     """Dock: segment the current slice, the whole volume (cancellable), or follow the slider;
     boxes as a Shapes layer and the mask as a Labels layer.
 
@@ -42,32 +52,25 @@ class SegmentWidget(HookedDock):
         Use this model instead of the shipped default (see :meth:`set_model`).
     """
 
+    FORWARD = {"runner": ("last_run", "worker"), "model_panel": ("model_text", "load_model"),
+               "segment": ("run_slice", "run_volume", "cancel")}
+
     def __init__(self, napari_viewer: napari.Viewer, model: Any = None) -> None:
         super().__init__(napari_viewer)
         preload_run_modules()
-        self.session = get_session(napari_viewer)
         if model is not None:
             self.session.set_model(model)
         self.pickers = LayerPickers(self.session, show=("image",))
         self.model_panel = ModelPanel(self.session)
         self.segment = SegmentPanel(self.session)
         self.runner = self.segment.runner
-        layout = QVBoxLayout(self)
-        for part in (self.pickers, self.model_panel, self.segment):
-            layout.addWidget(part.native)
-        layout.addStretch(1)
-        self.start_hooks()
+        self.arrange(self.pickers, self.model_panel, self.segment)
+        self.layout().addStretch(1)
         self.runner.prepare_layers()
 
     def hook(self, hooks: ViewerHooks) -> None:
-        for part in (self.pickers, self.model_panel, self.segment):
-            part.hook(hooks)
-        hooks.connect(self.session.events.layers, "prepare_layers", self.runner)
-        hooks.connect(self.runner.running, "set_running", self.pickers)
-        hooks.connect(self.runner.running, "_set_model_enabled", self)
-
-    def _set_model_enabled(self, running: bool) -> None:
-        self.model_panel.set_enabled(not running)
+        super().hook(hooks)
+        hook_segmenter(hooks, self.session, self.pickers, self.model_panel)
 
     # what scripts and tests reach for
     @property
@@ -83,33 +86,9 @@ class SegmentWidget(HookedDock):
         """Each image's result so far (``result``, ``layers``, ``model``)."""
         return self.session.results
 
-    @property
-    def last_run(self) -> Any:
-        return self.runner.last_run
-
-    @property
-    def worker(self) -> Any:
-        return self.runner.worker
-
-    @property
-    def model_text(self) -> str:
-        return self.model_panel.model_text
-
     def set_model(self, net: Any, description: str = "in-memory model") -> None:
         """Use ``net`` (e.g. just fine-tuned) for the next runs, in every dock."""
         self.session.set_model(net, description)
 
-    def load_model(self) -> Any:
-        return self.model_panel.load_model()
-
     def current_slice(self, layer: Image) -> int:
         return shown_slice(self.viewer, layer)
-
-    def run_slice(self, _value: Any = None) -> int | None:
-        return self.segment.run_slice()
-
-    def run_volume(self, _value: Any = None, *, sync: bool = False) -> Any:
-        return self.segment.run_volume(sync=sync)
-
-    def cancel(self, _value: Any = None) -> None:
-        self.segment.cancel()
