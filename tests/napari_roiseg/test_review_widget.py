@@ -368,3 +368,30 @@ def test_finetune_resegmentation_carries_the_review_stats(make_napari_viewer, ph
     review.select(image, layer)
     review.refresh_scores()
     assert "model scores" in review.review._summary.value
+
+
+def test_gate_and_compare_run_in_workers(setup, untrained_model, qtbot):
+    """The buttons' path: gate and compare return a worker at once, hold the run lock while it
+    runs, and show their result when it is done (the compare layers one turn at a time)."""
+    from napari_roiseg import busy
+
+    viewer, _, labels, widget = setup
+    widget.project.add_version(untrained_model(), {"parent": None})
+    widget.project.add_version(untrained_model(), {"parent": "v000"}, make_current=False)
+    filled = [k for k in range(len(labels.data)) if labels.data[k].any()]
+    for k in filled[:4]:
+        widget.history.record(k, labels.data[k], labels.data[k])
+    assert widget.lock(sync=True)
+    widget.gate_panel.follow_session()
+    assert widget.gate_panel._candidate.value == "v001"
+    worker = widget.gate()
+    assert worker is not None and busy.running() == "gating v001"
+    qtbot.waitUntil(lambda: busy.running() is None and widget.decision is not None,
+                    timeout=60_000)
+    assert widget.decision.candidate == "v001" and "v001" in widget.gate_panel._gate_info.value
+    widget.go_to(filled[0])
+    assert widget.compare() is not None
+    qtbot.waitUntil(lambda: "compare current boxes" in viewer.layers
+                    and "slice" in widget.gate_panel._gate_info.value, timeout=60_000)
+    assert busy.running() is None
+    assert viewer.layers["compare candidate mask"].metadata["slice"] == filled[0]
