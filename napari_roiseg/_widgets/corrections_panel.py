@@ -18,10 +18,17 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
 
-from ..project.corrections import Corrections, SlicePlan, detect_corrected, parse_slices, plan_slices
 from ..finetune import check_labels_shape
-from ..project.history import locked_plan, locked_slices
 from ..layers import PREDICTION_KEY, as_slices, transform_kwargs
+from ..project.corrections import (
+    Corrections,
+    SlicePlan,
+    correction_state,
+    detect_corrected,
+    parse_slices,
+    plan_slices,
+)
+from ..project.history import locked_plan, locked_slices
 from ..session import Session
 from .hooks import Panel, ViewerHooks
 from .pickers import show_slice, shown_slice
@@ -36,12 +43,8 @@ class CorrectionsPanel(Panel):
     def __init__(self, session: Session) -> None:
         super().__init__()
         self.session = session
-        self.corrections = Corrections(0)
-        self.reference: np.ndarray | None = None  # the prediction corrections are compared with
-        self.reference_name = ""
-        self._reference_saved = False
+        self.state = correction_state(session)
         self._watched: Labels | None = None
-        self._restored_from: Any = None  # the project whose corrections were brought back
         self.listeners: list[Any] = []  # called after every refresh of the corrections
         self._list = QListWidget()
         self._list.setMaximumHeight(120)
@@ -76,6 +79,10 @@ class CorrectionsPanel(Panel):
         self._detect_timer.setInterval(self.DETECT_DELAY_MS)
         self._detect_timer.timeout.connect(self.refresh_corrections)
 
+    # the session's (every dock shows the same): corrected and marked slices, the prediction
+    corrections = property(lambda self: self.state.corrections)
+    reference = property(lambda self: self.state.reference)
+
     def hook(self, hooks: ViewerHooks) -> None:
         self._hooks = hooks
         hooks.connect(self.session.events.layers, "follow_session", self)
@@ -98,6 +105,11 @@ class CorrectionsPanel(Panel):
         if self.session.mask_layer is not self._watched:
             self._on_labels_changed(self.session.mask_layer)
 
+    def retake_reference(self) -> None:
+        """Take the mask's reference again (its metadata may carry a new prediction)."""
+        self._watched = self.state.layer = None
+        self.follow_session()
+
     def _watch(self, layer: Labels | None) -> None:
         old = self._watched
         if old is not None:
@@ -110,8 +122,12 @@ class CorrectionsPanel(Panel):
 
     def _on_labels_changed(self, layer: Labels | None) -> None:
         self._watch(layer)
+        if layer is not None and layer is self.state.layer and self.state.reference is not None:
+            self.refresh_corrections(save=False)  # another dock took its reference already
+            return
+        self.state.layer = layer
         if layer is None:
-            self.reference = None
+            self.state.reference = None
             self.refresh_corrections(save=False)
             return
         data = as_slices(layer.data)
@@ -119,17 +135,17 @@ class CorrectionsPanel(Panel):
         project = self.session.project
         prediction = project.load_corrections()[2] if project is not None else None
         if saved is not None and np.shape(saved) in (data.shape, data.shape[1:]):
-            self.reference, self.reference_name = as_slices(saved), "model's prediction"
+            self.state.reference, self.state.reference_name = as_slices(saved), "model's prediction"
         elif prediction is not None and prediction.shape == data.shape:
-            self.reference, self.reference_name = prediction, "saved prediction"
+            self.state.reference, self.state.reference_name = prediction, "saved prediction"
         else:
-            self.reference = (data != 0).astype(np.uint8)
-            self.reference_name = "labels as first chosen"
+            self.state.reference = (data != 0).astype(np.uint8)
+            self.state.reference_name = "labels as first chosen"
             show_info(f"Edits to '{layer.name}' from now on count as corrections; slices "
                       "edited before can be marked with 'Corrected'.")
-        self._reference_saved = False
-        if self.corrections.n_slices != data.shape[0]:
-            self.corrections = Corrections(data.shape[0])
+        self.state.reference_saved = False
+        if self.state.corrections.n_slices != data.shape[0]:
+            self.state.corrections = Corrections(data.shape[0])
         self.refresh_corrections(save=False)
 
     def _on_labels_edited(self, event: Any = None) -> None:
@@ -154,9 +170,9 @@ class CorrectionsPanel(Panel):
         """Bring back a project's saved corrections once: a Labels layer with them (or the
         existing one that already holds them) and the marks."""
         image, project, viewer = self.session.image_layer, self.session.project, self.session.viewer
-        if image is None or project is None or self._restored_from is project:
+        if image is None or project is None or self.state.restored_from is project:
             return
-        self._restored_from = project
+        self.state.restored_from = project
         corrections, planes, prediction, data = project.load_corrections()
         shape = as_slices(image.data).shape
         if prediction is None or prediction.shape != shape:
@@ -175,10 +191,9 @@ class CorrectionsPanel(Panel):
                                       **transform_kwargs(image))
         else:
             layer.metadata = {**layer.metadata, PREDICTION_KEY: prediction}
-        self.corrections = corrections
-        self._watched = None  # take its reference again, even if it was chosen already
+        self.state.corrections = corrections
         self.session.mask_layer = layer
-        self.follow_session()
+        self.retake_reference()
         show_info(f"Restored {len(planes)} corrected slices from {project.folder}.")
 
     # ------------------------------------------------------------------ corrections and plan
@@ -196,10 +211,12 @@ class CorrectionsPanel(Panel):
         """Detect corrected slices now, update the list and the plan, and save them."""
         layer = self.labels_layer
         try:
-            self.corrections.detected = ([] if layer is None or self.reference is None else
-                                         detect_corrected(as_slices(layer.data), self.reference))
+            reference = self.state.reference
+            self.state.corrections.detected = (
+                [] if layer is None or reference is None
+                else detect_corrected(as_slices(layer.data), reference))
         except ValueError:  # e.g. a 4D Labels layer: a fine-tune says what is wrong
-            self.corrections.detected = []
+            self.state.corrections.detected = []
         plan = self._show_plan()
         self._list.clear()
         roles = {}
@@ -207,15 +224,15 @@ class CorrectionsPanel(Panel):
             roles = {**{k: "train" for k in plan.train},
                      **{k: "validation" for k in plan.validation},
                      **{k: "left out" for k in plan.unused}}
-        for k in self.corrections.listed():
-            item = QListWidgetItem(f"slice {k:>4}   {self.corrections.status(k):<9}  "
+        for k in self.state.corrections.listed():
+            item = QListWidgetItem(f"slice {k:>4}   {self.state.corrections.status(k):<9}  "
                                    f"{roles.get(k, '')}")
             item.setData(Qt.ItemDataRole.UserRole, int(k))
             self._list.addItem(item)
         self.edited()
         if save and layer is not None:
             self.save_corrections()
-        return self.corrections.detected
+        return self.state.corrections.detected
 
     def edited(self) -> None:
         """Tell the listeners (the Fine-tune readout) that the corrections changed."""
@@ -227,16 +244,16 @@ class CorrectionsPanel(Panel):
         layer = self.labels_layer
         if layer is None or self.shape_problem():
             return  # labels of another shape would overwrite the image's saved corrections
-        if self.session.project is None and not self.corrections.listed():
+        if self.session.project is None and not self.state.corrections.listed():
             return  # nothing corrected yet: no project folder made just for a model's run
         project = ensure_project(self.session)
         if project is None:
             return
         try:
-            project.save_corrections(as_slices(layer.data), self.corrections,
-                                     None if self._reference_saved else self.reference,
+            project.save_corrections(as_slices(layer.data), self.state.corrections,
+                                     None if self.state.reference_saved else self.state.reference,
                                      labels_layer=layer.name)
-            self._reference_saved = True
+            self.state.reference_saved = True
         except (OSError, ValueError) as exc:
             show_error(f"Could not save the corrections to {project.folder}: {exc}")
 
@@ -247,7 +264,7 @@ class CorrectionsPanel(Panel):
             show_error("Choose the mask layer with your corrections first.")
             return
         k = self.current_slice()
-        self.corrections.mark(k, kind)
+        self.state.corrections.mark(k, kind)
         if kind == "negative":
             as_slices(layer.data)[k] = 0
             layer.refresh()
@@ -261,9 +278,9 @@ class CorrectionsPanel(Panel):
             validation = None if val_text in ("", "auto") else parse_slices(val_text)
             locked = locked_slices(self.session.project)
             if locked:  # the Review step's locked set is held out, typed slices or not
-                return locked_plan(self.corrections.slices(), locked, train=train,
+                return locked_plan(self.state.corrections.slices(), locked, train=train,
                                    validation=validation)
-            return plan_slices(self.corrections.slices(), train=train, validation=validation)
+            return plan_slices(self.state.corrections.slices(), train=train, validation=validation)
         except ValueError as exc:
             self._plan_info.value = str(exc)
             return None

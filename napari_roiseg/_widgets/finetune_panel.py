@@ -63,8 +63,9 @@ class FinetunePanel(Panel):
         self._batch = SpinBox(label="batch size", min=1, max=32, value=4,
                               tooltip="training slices per step")
         self._start_button = PushButton(text="Start")
-        self._stop_button = PushButton(text="Stop", enabled=False,
-                                       tooltip="stop after this step; the best weights so far are kept")
+        self._stop_button = PushButton(
+            text="Stop", enabled=False,
+            tooltip="stop after this step; the best weights so far are kept")
         run = Container(layout="horizontal", labels=False,
                         widgets=[self._start_button, self._stop_button])
         run.margins = (0, 0, 0, 0)

@@ -73,8 +73,9 @@ class FinetuneWidget(SessionDock):
 
     def select(self, image: Image | None = None, labels: Labels | None = None) -> None:
         """Choose the image and the corrected Labels layer (what the combo boxes do)."""
-        if labels is not None and labels is self.session.mask_layer:
-            self.correct._watched = None  # the same choice: take its reference again
+        again = labels is not None and labels is self.session.mask_layer
         self.pickers.choose(image=image, mask=labels)
+        if again:  # the same choice: take its reference again
+            self.correct.retake_reference()
         self.correct.follow_session()
         self.correct.restore()

@@ -94,14 +94,15 @@ class ReadoutPanel(Container):
                       if project else [])
         record: dict[str, Any] = {"layer": layer, "version": version, "validation": validation}
         text = f"'{layer.name}' holds {version}'s mask"
-        truth_layer, reference = self.corrections.labels_layer, self.corrections.reference
+        state = self.corrections.state
+        truth_layer, reference = self.corrections.labels_layer, state.reference
         if (validation and truth_layer is not None and reference is not None
                 and reference.shape == labels.shape == as_slices(truth_layer.data).shape):
             truth = as_slices(truth_layer.data)
             before = evaluate(reference, truth, validation)["pooled"]["dice"]
             after = evaluate(labels, truth, validation)["pooled"]["dice"]
             record.update(before=before, after=after)
-            text += (f"; dice on validation slices {before:.3f} ({self.corrections.reference_name})"
+            text += (f"; dice on validation slices {before:.3f} ({state.reference_name})"
                      f" → {after:.3f} ({version}), {after - before:+.3f}")
         self.last_segmentation = record
         self._segmenting = False
@@ -121,8 +122,8 @@ class ReadoutPanel(Container):
             return
         heads = [f"slice {k}"] + [s for s in (self.corrections.corrections.status(k),) if s]
         self.readout_values = {}
-        predictions = [(self.corrections.reference_name or "prediction",
-                        self.corrections.reference)]
+        predictions = [(self.corrections.state.reference_name or "prediction",
+                        self.corrections.state.reference)]
         if self.latest is not None:
             predictions.append((self.latest[1], self.latest[0]))
         parts = []

@@ -1,9 +1,9 @@
 """The Review step's queue: the slices most likely to need a look first, marks, history.
 
 The scores live in :mod:`napari_roiseg.review`, the correction history in
-:mod:`napari_roiseg.project.history` (both tested without a GUI). The numbers come from the session's
-mask layer's ``metadata["roiseg_stats"]`` (layers made by a run carry the model's per-slice
-rows, entropy included), else from the mask and the boxes layer (no entropy). The model's
+:mod:`napari_roiseg.project.history` (both tested without a GUI). The numbers come from the
+session's mask layer's ``metadata["roiseg_stats"]`` (layers made by a run carry the model's
+per-slice rows, entropy included), else from the mask and the boxes layer (no entropy). The model's
 original prediction is the mask layer's ``metadata[PREDICTION_KEY]``, else the project's saved
 prediction, else, as a last resort, that very layer as it was when its slices were first scored.
 

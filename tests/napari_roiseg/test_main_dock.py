@@ -166,3 +166,27 @@ def test_a_run_alone_makes_no_project_folder(make_napari_viewer, phantom, untrai
     qtbot.wait(2 * dock.correct.DETECT_DELAY_MS)
     assert dock.correct.corrections.listed() == [] and dock.session.project is None
     assert not (tmp_path / "napari-roiseg").exists()
+
+
+def test_marks_made_in_one_dock_are_kept_by_the_other(make_napari_viewer, phantom, tmp_path):
+    """Two docks showing the Correct step share its state: a mark made in one is not lost
+    when the other saves the corrections (each used to keep, and save, its own copy)."""
+    from napari_roiseg._widgets import FinetuneWidget
+    from napari_roiseg.project import Project
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(phantom.volume, name="hip")
+    labels = viewer.add_labels(np.zeros(phantom.volume.shape, np.uint8), name="hip mask",
+                               metadata={"roiseg_prediction": np.zeros(phantom.volume.shape,
+                                                                       np.uint8)})
+    dock = RoisegDock(viewer, project=tmp_path / "p")
+    tune = FinetuneWidget(viewer)
+    tune.select(image, labels)
+    dock.correct.go_to(3)
+    dock.correct.mark_current("negative")
+    labels.data[5] = phantom.labels[5]
+    labels.refresh()
+    tune.refresh_corrections()  # the other dock saves
+    saved, planes, _, _ = Project(tmp_path / "p").load_corrections()
+    assert saved.marks == {3: "negative"} and tune.corrections.marks == {3: "negative"}
+    assert sorted(planes) == [3, 5] and dock.correct.corrections.detected == [5]
