@@ -280,16 +280,23 @@ def test_lock_uses_the_saved_corrections(setup, phantom, segmentation):
     assert np.array_equal(refs[k_layer], labels.data[k_layer])
 
 
-def test_gate_compare_and_lock_wait_for_a_run(setup, untrained_model, monkeypatch):
-    from napari_roiseg import busy
-    from napari_roiseg._widgets import gate_panel
-
-    viewer, _, labels, widget = setup
+def _two_versions_and_four_records(widget, labels, untrained_model) -> list[int]:
+    """v000 current, v001 a candidate; the first four slices with a mask recorded as
+    corrections (unchanged). Returns the slices with a mask."""
     widget.project.add_version(untrained_model(), {"parent": None})
     widget.project.add_version(untrained_model(), {"parent": "v000"}, make_current=False)
     filled = [k for k in range(len(labels.data)) if labels.data[k].any()]
     for k in filled[:4]:
         widget.history.record(k, labels.data[k], labels.data[k])
+    return filled
+
+
+def test_gate_compare_and_lock_wait_for_a_run(setup, untrained_model, monkeypatch):
+    from napari_roiseg import busy
+    from napari_roiseg._widgets import gate_panel
+
+    viewer, _, labels, widget = setup
+    filled = _two_versions_and_four_records(widget, labels, untrained_model)
     widget.gate_panel._candidate.reset_choices()
     widget.gate_panel._candidate.value = "v001"
     errors = []
@@ -376,11 +383,7 @@ def test_gate_and_compare_run_in_workers(setup, untrained_model, qtbot):
     from napari_roiseg import busy
 
     viewer, _, labels, widget = setup
-    widget.project.add_version(untrained_model(), {"parent": None})
-    widget.project.add_version(untrained_model(), {"parent": "v000"}, make_current=False)
-    filled = [k for k in range(len(labels.data)) if labels.data[k].any()]
-    for k in filled[:4]:
-        widget.history.record(k, labels.data[k], labels.data[k])
+    filled = _two_versions_and_four_records(widget, labels, untrained_model)
     assert widget.lock(sync=True)
     widget.gate_panel.follow_session()
     assert widget.gate_panel._candidate.value == "v001"
