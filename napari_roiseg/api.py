@@ -12,12 +12,34 @@ from typing import Any
 
 import numpy as np
 
-from .finetune import evaluate, finetune
+from .finetune import evaluate
+from .finetune import finetune as _finetune
 from .layers import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, add_result_layers, image_array
 from .segment import segment_array
 
 __all__ = ["correction_history", "evaluate", "export_review_report", "finetune", "gate_version",
-           "prepare_torch_import", "review_scores", "segment_volume", "segment_volumes"]
+           "get_session", "prepare_torch_import", "review_scores", "segment_volume",
+           "segment_volumes"]
+
+
+def get_session(viewer: Any = None) -> Any:
+    """The session the docks of ``viewer`` share (``session.Session``): its image, mask and
+    boxes layers, project, model and device. Without a viewer, a new session for a script.
+    Every function below takes ``session=`` and then works on it: the arguments left out are
+    the session's, and a model version made or accepted here is the docks' next model too.
+
+    Examples
+    --------
+    In napari's console::
+
+        from napari_roiseg.api import get_session, segment_volume
+        s = get_session(viewer)
+        labels, boxes = segment_volume(session=s)   # the image and model chosen in the dock
+    """
+    from .session import Session
+    from .session import get_session as of_viewer
+
+    return of_viewer(viewer) if viewer is not None else Session()
 
 
 def prepare_torch_import() -> None:
@@ -43,14 +65,15 @@ def prepare_torch_import() -> None:
 
 
 def segment_volume(
-    image: Any,
+    image: Any = None,
     model: Any = None,
-    device: str = "auto",
+    device: str | None = None,
     viewer: Any = None,
     *,
     score_threshold: float | None = None,
     top_k: int | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
+    session: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Segment every slice of a volume; optionally show the result in a napari viewer.
 
@@ -62,8 +85,8 @@ def segment_volume(
     model : None, path or torch.nn.Module
         None: the shipped default model; a checkpoint path (``src_model.checkpoint`` format);
         or a model object (e.g. a freshly fine-tuned one).
-    device : {"auto", "cpu", "cuda"}
-        "auto" picks CUDA when available.
+    device : {"auto", "cpu", "cuda"}, optional
+        "auto" (the default without a session) picks CUDA when available.
     viewer : napari.Viewer, optional
         When given, adds a Labels layer (the mask) and a Shapes layer (the boxes, one rectangle
         per box on its slice) placed on the image layer's scale and translation.
@@ -72,8 +95,12 @@ def segment_volume(
         ``top_k`` best per slice, are used as ROIs (None: the model's defaults, i.e. all
         post-NMS proposals). The Shapes layer shows boxes with these limits, or with score
         >= 0.5 and the 3 best per slice when they are None.
-    batch_size : int
-        Slices per forward pass.
+    batch_size : int, optional
+        Slices per forward pass; None: ``segment.default_batch_size`` (2 on the CPU, 16 on a
+        GPU), as everywhere else.
+    session : session.Session, optional
+        Take the image, model, device and viewer left out from it (see :func:`get_session`);
+        the new layers become its mask and boxes layers.
 
     Raises
     ------
@@ -98,18 +125,56 @@ def segment_volume(
     """
     from .busy import exclusive
 
+    if session is not None:
+        image = session.image_layer if image is None else image
+        viewer = session.viewer if viewer is None else viewer
+        device = session.device if device is None else device
+    if image is None:
+        raise ValueError("no image: pass one, or a session whose image layer is chosen")
     data, layer = image_array(image)
     prepare_torch_import()
-    with exclusive("segmenting"):  # BusyError while a fine-tune or segmentation runs
-        result = segment_array(data, model, device=device, batch_size=batch_size,
+    lock = session.exclusive if session is not None else exclusive
+    with lock("segmenting"):  # BusyError while a fine-tune or segmentation runs
+        if model is None and session is not None:
+            model = session.model()
+        result = segment_array(data, model, device=device or "auto", batch_size=batch_size,
                                score_threshold=score_threshold, top_k=top_k)
     labels = result.labels if data.ndim == 3 else result.labels[0]
     if viewer is not None:
-        add_result_layers(
+        mask, boxes = add_result_layers(
             viewer, layer, labels, result.boxes,
             score_threshold=DEFAULT_SCORE_THRESHOLD if score_threshold is None else score_threshold,
             top_k=DEFAULT_TOP_K if top_k is None else top_k, stats=result.stats)
+        if session is not None:
+            session.mask_layer, session.boxes_layer = mask, boxes
     return labels, result.boxes
+
+
+def finetune(image: Any = None, labels: Any = None, slices: Any = None, model: Any = None,
+             steps: int = 60, *, session: Any = None, **options: Any) -> Any:
+    """Fine-tune a model on corrected slices (``finetune.finetune``, whose docstring says
+    everything else) and return the new model.
+
+    With ``session`` (see :func:`get_session`), the image, the corrected labels (its mask
+    layer), the project and the starting model left out are the session's: with a project,
+    its current version as it is on disk now, recorded as the parent; the new version, when
+    it is made current, is the docks' next model at once.
+    """
+    if session is None:
+        return _finetune(image, labels, slices, model, steps, **options)
+    image = session.image_layer if image is None else image
+    labels = session.mask_layer if labels is None else labels
+    options.setdefault("project", session.project)
+    options.setdefault("device", session.device)
+    if model is None and options["project"] is None:
+        model = session.model()
+    net = _finetune(image, labels, slices, model, steps, **options)
+    summary = getattr(net, "finetune_summary", {})
+    if summary.get("version") and session.project is not None:
+        current = summary.get("current_version") == summary["version"]
+        session.version_added(summary["version"], net, current)
+    return net
+
 
 
 def segment_volumes(paths: Any, out: Any, *, model: Any = None, device: str = "auto",
@@ -147,7 +212,8 @@ def segment_volumes(paths: Any, out: Any, *, model: Any = None, device: str = "a
 # --------------------------------------------------------------------------- review and history
 
 
-def review_scores(labels: Any, boxes: Any = None, *, stats: Any = None) -> Any:
+def review_scores(labels: Any = None, boxes: Any = None, *, stats: Any = None,
+                  session: Any = None) -> Any:
     """Score every slice by how much it likely needs a look (``review.ReviewScores``).
 
     Parameters
@@ -159,6 +225,8 @@ def review_scores(labels: Any, boxes: Any = None, *, stats: Any = None) -> Any:
         Box rows ``slice, y1, x1, y2, x2, score`` when no per-slice rows are available.
     stats : array, optional
         Per-slice rows (``VolumeSegmentation.stats``); override everything else.
+    session : session.Session, optional
+        ``labels`` and ``boxes`` left out are its mask and boxes layers.
 
     Returns
     -------
@@ -176,6 +244,12 @@ def review_scores(labels: Any, boxes: Any = None, *, stats: Any = None) -> Any:
     from .layers import STATS_KEY
     from .review import score_slices, stats_from_layers
 
+    if session is not None:
+        labels = session.mask_layer if labels is None else labels
+        boxes = session.boxes_layer if boxes is None else boxes
+    if stats is None and labels is None:
+        raise ValueError("no labels: pass the mask (array or Labels layer), or a session "
+                         "whose mask layer is chosen")
     if stats is None:
         stats = getattr(labels, "metadata", {}).get(STATS_KEY)
     if stats is None:
@@ -192,19 +266,21 @@ def correction_history(project: Any) -> Any:
     """The correction history of a project folder (``history.CorrectionHistory``): records
     (``.records``, ``.load_record(id)``), review marks, the locked set (``.lock``, ``.locked``),
     locked-set scores per version (``.version_metrics(name)``) and the gate log (``.decisions``)."""
-    from .history import CorrectionHistory
+    from .project.history import CorrectionHistory
 
     return CorrectionHistory(project)
 
 
-def gate_version(project: Any, candidate: str, *, tolerance: float = 0.02,
-                 override: str | None = None, who: str | None = None,
-                 device: str = "auto") -> Any:
+def gate_version(project: Any = None, candidate: str | None = None, *,
+                 tolerance: float = 0.02, override: str | None = None, who: str | None = None,
+                 device: str = "auto", session: Any = None) -> Any:
     """Make ``candidate`` the current version only if its dice on the locked set is at most
     ``tolerance`` below the current version's; ``override`` (a reason) accepts it anyway and is
     logged with ``who`` and the time. Returns the ``history.GateDecision``.
 
-    Raises ``busy.BusyError`` while a segmentation or fine-tune runs in this process.
+    With ``session``, ``project`` left out is its project, and an accepted candidate is the
+    docks' next model at once. Raises ``busy.BusyError`` while a segmentation or fine-tune
+    runs in this process.
 
     Examples
     --------
@@ -215,10 +291,21 @@ def gate_version(project: Any, candidate: str, *, tolerance: float = 0.02,
     """
     from .busy import exclusive
 
+    if session is not None and project is None:
+        project = session.project
+    if project is None or not candidate:
+        raise ValueError("gate_version needs a project (or a session with one open) and the "
+                         "name of the candidate version, e.g. gate_version(p, 'v003')")
     prepare_torch_import()
-    with exclusive(f"gating {candidate}"):  # BusyError while a segmentation or fine-tune runs
-        return correction_history(project).gate(candidate, tolerance=tolerance,
-                                                override=override, who=who, device=device)
+    lock = session.exclusive if session is not None else exclusive
+    with lock(f"gating {candidate}"):  # BusyError while a segmentation or fine-tune runs
+        decision = correction_history(project).gate(candidate, tolerance=tolerance,
+                                                    override=override, who=who, device=device)
+    if session is not None and session.project is not None and decision.accepted:
+        from .session import PROJECT
+
+        session.choose_model(PROJECT)
+    return decision
 
 
 def export_review_report(out_dir: Any, project: Any = None, labels: Any = None,
@@ -227,7 +314,7 @@ def export_review_report(out_dir: Any, project: Any = None, labels: Any = None,
     the queue (when ``labels`` is given, see :func:`review_scores`), review marks, corrections
     and their dice, model versions with locked-set metrics and gate decisions. Returns the paths.
     """
-    from .report import export_report
+    from .project.report import export_report
 
     scores = review_scores(labels, boxes) if labels is not None else None
     history = correction_history(project) if project is not None else None

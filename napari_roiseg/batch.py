@@ -56,9 +56,9 @@ def segment_to_folder(volume: Any, net: Any, out: Path, *, device: Any = "auto",
     from src_model.generators import drain
     from src_model.mmap_pages import release_slices
 
-    from ._volume_write import labels_tiff_memmap
+    from .io.writers import labels_tiff_memmap
     from .segment import VolumeSegmentation, iter_segment
-    from .volume_io import write_boxes_csv
+    from .io.volumes import write_boxes_csv
 
     out.mkdir(parents=True, exist_ok=True)
     shape = volume.data.shape
@@ -131,7 +131,7 @@ def run_items(items: Sequence[BatchItem], out: Path, *, model: Any = None, devic
 def _one(item: BatchItem, folder: Path, net: Any, device: Any,
          resume: bool, bars: _Bars, rank: int, options: dict[str, Any]) -> dict[str, Any]:
     """Segment one item; its summary row (status ``ok``, ``reused`` or ``error``)."""
-    from .volume_io import read_volume
+    from .io.volumes import read_volume
 
     row: dict[str, Any] = {"source": item.source, "output": str(folder)}
     if resume and (earlier := done_row(folder, item.source)) is not None:

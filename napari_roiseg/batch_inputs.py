@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._volume_formats import FRAME_SUFFIXES
-from .volume_io import _stem, natural_key
+from .io.formats import FRAME_SUFFIXES
+from .io.volumes import _stem, natural_key
 
 __all__ = ["BatchItem", "expand_inputs", "is_frame_folder", "shard"]
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._volume_write import atomic_path
+from .io.writers import atomic_path
 
 __all__ = ["SUMMARY_COLUMNS", "DONE_RECORD", "done_row", "forget_done", "write_done",
            "write_summary"]

@@ -26,7 +26,7 @@ import numpy as np
 
 from src_model.generators import drain
 
-from .corrections import (
+from .project.corrections import (
     MARKS,
     Corrections,
     SlicePlan,
@@ -35,7 +35,7 @@ from .corrections import (
     parse_slices,
     plan_slices,
 )
-from .project import Project, default_project_folder, metrics_summary
+from .project.project import Project, default_project_folder, metrics_summary
 
 if TYPE_CHECKING:
     from torch import nn
@@ -427,7 +427,7 @@ def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any,
     pool = sorted(set(int(k) for k in slices) | set(int(k) for k in negatives))
     if project is not None and not isinstance(project, Project):
         project = Project(project)
-    from .history import locked_plan, locked_slices, route_new_version
+    from .project.history import locked_plan, locked_slices, route_new_version
 
     locked = locked_slices(project)
     # With a locked set (the Review widget's, or history.lock) its slices are the gate's

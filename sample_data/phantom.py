@@ -143,6 +143,7 @@ def _write_imagej_atomic(path: Path, data: np.ndarray, spacing: tuple[float, flo
     dz, dy, dx = spacing
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.unlink(tmp)  # only the unique name is wanted: tifffile's own open() gives umask permissions
     try:
         tifffile.imwrite(
             tmp, data, imagej=True, resolution=(1.0 / dx, 1.0 / dy),  # TIFF order: x, then y

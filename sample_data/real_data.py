@@ -17,11 +17,16 @@ Pillow reads the PNGs; scipy fills the HC18 outlines. No torch import.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["load_hc18", "load_spj_hip", "default_data_root"]
+if TYPE_CHECKING:
+    from src_model.data import SliceDataset
+
+__all__ = ["default_data_root", "from_hc18", "load_hc18", "load_spj_hip"]
 
 
 def default_data_root() -> Path:
@@ -100,3 +105,44 @@ def load_spj_hip(folder: str | os.PathLike[str] | None = None) -> list[tuple[str
     if not out:
         raise FileNotFoundError(f"no PNG images in {root}")
     return out
+
+
+def _resize(image: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    import torch  # deferred: sample_data imports no torch
+
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    if mode == "bilinear":
+        t = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False,
+                                            antialias=True)
+    else:
+        t = torch.nn.functional.interpolate(t, size=size, mode="nearest")
+    return t[0, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def from_hc18(
+    samples: Sequence[tuple[str, np.ndarray, np.ndarray]] | None = None,
+    *,
+    folder: str | None = None,
+    resize_to: tuple[int, int] | None = None,
+    **dataset_kwargs: Any,
+) -> SliceDataset:
+    """A :class:`SliceDataset` of HC18 fetal-head images (each image a one-slice volume).
+
+    ``samples`` are ``(name, image uint8 (H, W), mask uint8 (H, W))`` as returned by
+    ``sample_data.real_data.load_hc18`` (loaded from ``folder`` when None). Native size 800 x 540
+    is kept unless ``resize_to=(H, W)`` is given: bilinear (antialiased) for images, nearest for
+    masks. Volume ids are the image names; other keywords go to ``SliceDataset``.
+    """
+    from src_model.data import SliceDataset  # deferred: sample_data imports no torch
+
+    if samples is None:
+        samples = load_hc18(folder)
+    pairs, names = [], []
+    for name, image, mask in samples:
+        if resize_to is not None:
+            size = (int(resize_to[0]), int(resize_to[1]))
+            image, mask = _resize(image, size, "bilinear"), _resize(mask != 0, size, "nearest")
+        mask = (np.asarray(mask) != 0).astype(np.uint8)
+        pairs.append((np.asarray(image, np.uint8)[None], mask[None]))
+        names.append(name)
+    return SliceDataset(pairs, volume_ids=names, **dataset_kwargs)

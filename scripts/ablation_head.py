@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_roiseg.compare import evaluate_model, tune_test_rois
-from napari_roiseg.train_job import load_source, train_model, validation_arrays
+from napari_roiseg.cli.compare import evaluate_model, tune_test_rois
+from napari_roiseg.cli.train_job import load_source, train_model, validation_arrays
 from src_model.config import get_preset
 from src_model.model import build_model, count_parameters
 from src_model.train import TrainConfig

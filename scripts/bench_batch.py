@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _make_study(study: Path, volumes: int, slices: int, compress: bool) -> list[Path]:
     import tifffile
 
-    from napari_roiseg.volume_io import write_volume_tiff
+    from napari_roiseg.io.volumes import write_volume_tiff
     from sample_data.phantom import make_phantom
 
     study.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def _timed(cmd: list[str], env: dict[str, str]) -> float:
 
 
 def _read_seconds(paths: list[Path]) -> float:
-    from napari_roiseg.volume_io import read_volume
+    from napari_roiseg.io.volumes import read_volume
 
     start = time.perf_counter()
     for p in paths:

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in zip(("slices", "paper_slices", "tv_slices", "stream_slices"), defaults):
         if getattr(args, name) is None:
             setattr(args, name, value)
-    from napari_roiseg.volume_io import write_volume_tiff
+    from napari_roiseg.io.volumes import write_volume_tiff
     from sample_data.phantom import make_phantom
 
     print("\n".join(_machine(args.device)), flush=True)

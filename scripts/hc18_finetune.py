@@ -25,18 +25,17 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from napari_roiseg.compare import (
+from napari_roiseg.cli.compare import (
     apply_roi_filter,
     evaluate_model,
     tune_roi_filter,
     tune_roi_margin,
 )
 from napari_roiseg.segment import default_checkpoint
-from napari_roiseg.train_job import LabelledVolume, train_model
-from sample_data.real_data import load_hc18
+from napari_roiseg.cli.train_job import LabelledVolume, train_model
+from sample_data.real_data import _resize, load_hc18
 from src_model.anchor_fit import adapt_config_anchors, boxes_from_labels
 from src_model.checkpoint import load_checkpoint, save_checkpoint
-from src_model.data import _resize
 from src_model.model import build_model
 from src_model.preprocess import normalize_slices
 from src_model.train import TrainConfig

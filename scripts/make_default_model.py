@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from napari_roiseg.compare import (
+from napari_roiseg.cli.compare import (
     apply_roi_filter,
     evaluate_model,
     tune_roi_filter,
     tune_roi_margin,
 )
-from napari_roiseg.train_job import load_source, train_model, validation_arrays
+from napari_roiseg.cli.train_job import load_source, train_model, validation_arrays
 from src_model.checkpoint import save_checkpoint
 from src_model.config import get_preset
 from src_model.model import build_model

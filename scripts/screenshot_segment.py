@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def quick_model(steps: int):
-    from napari_roiseg.train_job import load_source, train_model
+    from napari_roiseg.cli.train_job import load_source, train_model
     from src_model.train import TrainConfig
 
     train = [load_source(f"phantom:{seed}:64") for seed in (1, 2, 3)]
@@ -70,7 +70,7 @@ def main() -> None:
     if net is not None:
         widget.set_model(net, f"quick-trained {args.quick_train} steps, screenshot only")
     elif args.model:
-        widget._checkpoint.value = args.model
+        widget.model_panel._checkpoint.value = args.model
 
     worker = widget.run_volume()  # the real background path
     while widget.worker is not None:

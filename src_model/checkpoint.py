@@ -109,6 +109,11 @@ def save_checkpoint(
         )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600: give it what a plain write would (0666 less the umask),
+        # so a colleague on a shared machine can load a model this user trained
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()

@@ -32,7 +32,6 @@ __all__ = [
     "SliceDataset",
     "collate_slices",
     "split_by_volume",
-    "from_hc18",
 ]
 
 
@@ -221,7 +220,7 @@ def collate_slices(batch: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tuple[T
     if len(set(sizes)) > 1:
         raise ValueError(
             f"slices in one batch must have the same size, got {sorted(set(sizes))}; resize them "
-            "to one size (e.g. from_hc18(resize_to=(H, W))) or use batch_size=1"
+            "to one size (e.g. sample_data.real_data.from_hc18(resize_to=(H, W))) or use batch_size=1"
         )
     return torch.stack([img for img, _ in batch]), [t for _, t in batch]
 
@@ -245,42 +244,3 @@ def split_by_volume(
     train_ids = [u for j, u in enumerate(unique) if j not in test]
     test_ids = [u for j, u in enumerate(unique) if j in test]
     return train_ids, test_ids
-
-
-def _resize(image: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    if mode == "bilinear":
-        t = torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False,
-                                            antialias=True)
-    else:
-        t = torch.nn.functional.interpolate(t, size=size, mode="nearest")
-    return t[0, 0].round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def from_hc18(
-    samples: Sequence[tuple[str, np.ndarray, np.ndarray]] | None = None,
-    *,
-    folder: str | None = None,
-    resize_to: tuple[int, int] | None = None,
-    **dataset_kwargs: Any,
-) -> SliceDataset:
-    """A :class:`SliceDataset` of HC18 fetal-head images (each image a one-slice volume).
-
-    ``samples`` are ``(name, image uint8 (H, W), mask uint8 (H, W))`` as returned by
-    ``sample_data.real_data.load_hc18`` (loaded from ``folder`` when None). Native size 800 x 540
-    is kept unless ``resize_to=(H, W)`` is given: bilinear (antialiased) for images, nearest for
-    masks. Volume ids are the image names; other keywords go to ``SliceDataset``.
-    """
-    if samples is None:
-        from sample_data.real_data import load_hc18  # deferred: src_model needs it only here
-
-        samples = load_hc18(folder)
-    pairs, names = [], []
-    for name, image, mask in samples:
-        if resize_to is not None:
-            size = (int(resize_to[0]), int(resize_to[1]))
-            image, mask = _resize(image, size, "bilinear"), _resize(mask != 0, size, "nearest")
-        mask = (np.asarray(mask) != 0).astype(np.uint8)
-        pairs.append((np.asarray(image, np.uint8)[None], mask[None]))
-        names.append(name)
-    return SliceDataset(pairs, volume_ids=names, **dataset_kwargs)

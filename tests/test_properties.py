@@ -12,7 +12,7 @@ import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_roiseg.volume_io import read_volume
+from napari_roiseg.io.volumes import read_volume
 
 _VOL = np.random.default_rng(0).integers(0, 200, (3, 16, 16), dtype=np.uint8)
 

@@ -1,4 +1,4 @@
-"""src_model.data: GT boxes, the slice dataset, augmentation, collation, splits, HC18 helper."""
+"""src_model.data: GT boxes, the slice dataset, augmentation, collation, splits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from src_model.data import (
     UltrasoundAugment,
     collate_slices,
     flip_boxes,
-    from_hc18,
     gt_box_from_mask,
     split_by_volume,
 )
@@ -165,20 +164,3 @@ def test_split_by_volume_never_shares_a_volume():
         split_by_volume(["a", "a"])
     with pytest.raises(ValueError, match="test_fraction"):
         split_by_volume(ids, test_fraction=1.0)
-
-
-def test_from_hc18_keeps_or_resizes():
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, size=(54, 80), dtype=np.uint8)
-    mask = np.zeros((54, 80), np.uint8)
-    mask[10:40, 20:60] = 1
-    samples = [("000_HC", image, mask), ("001_HC", image[::-1].copy(), mask)]
-    native = from_hc18(samples)
-    assert len(native) == 2 and native.locate(1) == ("001_HC", 0)
-    assert native[0][0].shape == (1, 54, 80)
-    small = from_hc18(samples, resize_to=(27, 40), negatives="none")
-    img, target = small[0]
-    assert img.shape == (1, 27, 40)
-    assert set(target["masks"].unique().tolist()) == {0, 1}
-    torch.testing.assert_close(target["boxes"], torch.tensor([[10.0, 5.0, 30.0, 20.0]]))
-    assert abs(float(img.mean()) - image.mean() / 255) < 0.02  # bilinear keeps the intensities

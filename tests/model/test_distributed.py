@@ -50,11 +50,11 @@ def _train(tmp_path: Path, name: str, nproc: int, batch: int) -> Path:
             "--set", "rpn_batch_size_per_image=100000", "--set", "roi_batch_size_per_image=100000"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if nproc == 1:
-        cmd = [sys.executable, "-m", "napari_roiseg.train_job", *args]
+        cmd = [sys.executable, "-m", "napari_roiseg.cli.train_job", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-               "-m", "napari_roiseg.train_job", *args]
+               "-m", "napari_roiseg.cli.train_job", *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

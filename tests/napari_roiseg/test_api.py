@@ -95,6 +95,7 @@ def test_rgb_layer_is_refused_with_advice(make_napari_viewer, net):
         segment_volume(layer, model=net)
 
 
+@pytest.mark.gui  # the canvas needs a display
 def test_torch_loads_after_an_opengl_canvas():
     """With a canvas drawn first (Mesa llvmpipe under Xvfb maps libLLVM), loading the model
     stack must not crash the process; this is what happens when a widget loads the model."""

@@ -23,9 +23,9 @@ pytest.importorskip("torchvision")  # before napari draws: see api.prepare_torch
 
 from napari.utils.notifications import notification_manager  # noqa: E402
 
-from napari_roiseg import _reader  # noqa: E402
+from napari_roiseg.io import reader as _reader  # noqa: E402
 from napari_roiseg.cli import main  # noqa: E402
-from napari_roiseg.volume_io import VolumeReadError, read_volume  # noqa: E402
+from napari_roiseg.io.volumes import VolumeReadError, read_volume  # noqa: E402
 
 TRIED: list[str] = []  # one entry per (case, entry point) actually run
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from napari_roiseg import compare
+from napari_roiseg.cli import compare
 
 
 def test_tune_test_rois_picks_by_pooled_dice_not_by_empty_slices(monkeypatch):
@@ -100,7 +100,7 @@ def test_merge_joins_parallel_runs_in_method_order_and_refuses_other_budgets(tmp
 
 
 def test_validation_arrays_raw_or_normalised_take_the_same_slices():
-    from napari_roiseg.train_job import LabelledVolume, validation_arrays
+    from napari_roiseg.cli.train_job import LabelledVolume, validation_arrays
 
     vols = [LabelledVolume(f"v{i}", np.full((5, 4, 3), 51 * i, np.uint8),
                            np.arange(5, dtype=np.uint8)[:, None, None] * np.ones((5, 4, 3),

@@ -312,7 +312,7 @@ def test_finetune_api_honours_the_locked_set_and_the_gate(tmp_path, phantom, net
     """api.finetune(project=...) with a locked set: the locked slices and their neighbours are
     used neither to train nor to pick the weights, and the new version goes through the gate."""
     import napari_roiseg.finetune as ft
-    from napari_roiseg.history import CorrectionHistory
+    from napari_roiseg.project.history import CorrectionHistory
 
     project = Project(tmp_path / "p")
     project.add_version(net, {"parent": None})
@@ -341,9 +341,9 @@ def test_finetune_api_honours_the_locked_set_and_the_gate(tmp_path, phantom, net
 
 
 def test_finetune_api_rejected_version_stays_out_of_use(tmp_path, phantom, net, monkeypatch):
-    import napari_roiseg.history as history_module
+    import napari_roiseg.project.history as history_module
     from napari_roiseg.finetune import finetune
-    from napari_roiseg.history import CorrectionHistory
+    from napari_roiseg.project.history import CorrectionHistory
 
     project = Project(tmp_path / "p")
     project.add_version(net, {"parent": None})

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from napari_roiseg.corrections import plan_slices
-from napari_roiseg.history import (
+from napari_roiseg.project.corrections import plan_slices
+from napari_roiseg.project.history import (
     CorrectionHistory,
     locked_plan,
     locked_slices,

@@ -103,7 +103,7 @@ def test_widget_finetune_is_refused_while_the_segment_widget_runs(
     image = viewer.add_image(vol, name="hip")
     labels = viewer.add_labels(np.zeros_like(vol), name="hip corrections")
     seg = SegmentWidget(viewer, model=slow_model)
-    tune = FinetuneWidget(viewer, model=untrained_model(), project=tmp_path / "p")
+    tune = FinetuneWidget(viewer, project=tmp_path / "p")  # the session's model: the slow one
     tune.select(image=image, labels=labels)
     labels.data[2, 10:20, 10:20] = 1
     tune.mark_current("corrected")
@@ -114,7 +114,9 @@ def test_widget_finetune_is_refused_while_the_segment_widget_runs(
     layers = [lyr.name for lyr in viewer.layers]
     assert tune.start(sync=True) is None and tune.segment(sync=True) is None
     errors = [str(n.message) for n in notification_manager.records[start:]]
-    assert len(errors) == 2 and all("segmenting 'hip' is still running" in e for e in errors)
+    # the re-segmentation is the Segment dock's own run: it says that run is in progress
+    assert len(errors) == 2 and "segmenting 'hip' is still running" in errors[0]
+    assert "already in progress" in errors[1]
     assert tune.project.versions == {}  # nothing was saved or trained
     assert [lyr.name for lyr in viewer.layers] == layers
     qtbot.waitUntil(lambda: seg.worker is None, timeout=60000)
@@ -158,8 +160,11 @@ def test_a_run_that_fails_to_start_lets_go_of_the_lock(make_napari_viewer, untra
             set_running(self, running)
         return patched
 
-    for cls in (SegmentWidget, FinetuneWidget):
-        monkeypatch.setattr(cls, "_set_running", boom_when_starting(cls._set_running))
+    from napari_roiseg._widgets.finetune_panel import FinetunePanel
+    from napari_roiseg._widgets.segment_panel import SegmentPanel
+
+    for cls in (SegmentPanel, FinetunePanel):
+        monkeypatch.setattr(cls, "set_running", boom_when_starting(cls.set_running))
     for start_run in (seg.run_volume, tune.start, tune.segment):
         before = len(notification_manager.records)
         assert start_run() is None
@@ -167,4 +172,4 @@ def test_a_run_that_fails_to_start_lets_go_of_the_lock(make_napari_viewer, untra
                     if "no validation slices" not in str(n.message)]  # the plan's own warning
         assert len(messages) == 1 and "no more file handles" in messages[0], messages
         assert busy.running() is None and seg.worker is None and tune.worker is None
-    assert seg._run is None and seg._cancel_button.enabled is False
+    assert seg.runner._run is None and seg.segment._cancel_button.enabled is False

@@ -22,8 +22,8 @@ def test_manifest_is_valid():
     manifest = PluginManifest.from_file(MANIFEST)  # validates against the npe2 schema
     assert (manifest.name, manifest.display_name) == ("napari-roiseg", "ROI Seg")
     assert [s.key for s in manifest.contributions.sample_data] == ["hip_phantom"]
-    assert {w.display_name for w in manifest.contributions.widgets} == {"Segment", "Fine-tune",
-                                                                         "Review queue"}
+    assert {w.display_name for w in manifest.contributions.widgets} == {
+        "All steps", "Segment", "Fine-tune", "Review queue"}
 
 
 def test_package_manifest_is_the_root_manifest():

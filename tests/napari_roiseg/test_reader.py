@@ -7,8 +7,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_roiseg import _reader
-from napari_roiseg._reader import napari_get_reader
+from napari_roiseg.io import reader as _reader
+from napari_roiseg.io.reader import napari_get_reader
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_roiseg.volume_io import read_volume
+from napari_roiseg.io.volumes import read_volume
 
 
 def test_hc18_png_is_one_grayscale_slice(shared_data):

@@ -7,9 +7,9 @@ import csv
 
 import numpy as np
 
-from napari_roiseg.history import CorrectionHistory
+from napari_roiseg.project.history import CorrectionHistory
 from napari_roiseg.project import Project
-from napari_roiseg.report import export_report
+from napari_roiseg.project.report import export_report
 from napari_roiseg.review import score_slices, stats_from_layers
 
 

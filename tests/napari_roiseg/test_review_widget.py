@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from napari_roiseg._widgets.review_widget import NEXT_KEY, PREVIOUS_KEY, ReviewWidget  # noqa: E402
-from napari_roiseg.history import CorrectionHistory  # noqa: E402
+from napari_roiseg.project.history import CorrectionHistory  # noqa: E402
 from napari_roiseg.layers import STATS_KEY  # noqa: E402
 from napari_roiseg.project import Project  # noqa: E402
 
@@ -41,7 +41,7 @@ def setup(make_napari_viewer, phantom, segmentation, tmp_path):
 def test_queue_click_plot_and_shortcuts(setup, qtbot):
     viewer, image, labels, widget = setup
     scores = widget.scores
-    assert widget.table.rowCount() == len(image.data) and "model scores" in widget._summary.value
+    assert widget.table.rowCount() == len(image.data) and "model scores" in widget.review._summary.value
     shown = [int(widget.table.item(r, 1).text()) for r in range(widget.table.rowCount())]
     assert shown == scores.order.tolist()
 
@@ -54,7 +54,7 @@ def test_queue_click_plot_and_shortcuts(setup, qtbot):
 
     assert widget.shortcuts[NEXT_KEY].key().toString() == "J"
     assert widget.shortcuts[PREVIOUS_KEY].key().toString() == "K"
-    widget._pos = 2
+    widget.review._pos = 2
     widget.shortcuts[NEXT_KEY].activated.emit()
     assert widget.current_slice() == scores.order[3]
     widget.shortcuts[PREVIOUS_KEY].activated.emit()
@@ -71,7 +71,7 @@ def test_marks_skip_and_persist(setup, make_napari_viewer, phantom, segmentation
     record = widget.mark_current("corrected")
     assert record["slice"] == order[0] and 0 <= record["dice"] <= 1
     assert record["version"] is None  # no model version in this project yet
-    widget._pos = -1
+    widget.review._pos = -1
     assert widget.step(1) == order[2]  # marked slices are skipped
     marks_col = {int(widget.table.item(r, 1).text()): widget.table.item(r, 4).text()
                  for r in range(widget.table.rowCount())}
@@ -106,7 +106,7 @@ def test_fallback_scores_from_mask_and_boxes(make_napari_viewer, phantom, segmen
     widget = ReviewWidget(viewer, project=tmp_path / "p")
     widget.select(image, labels, boxes)
     scores = widget.refresh_scores()
-    assert "no probabilities" in widget._summary.value
+    assert "no probabilities" in widget.review._summary.value
     assert np.isfinite(scores.score).all() and not scores.z["entropy"].any()
 
 
@@ -121,31 +121,35 @@ def test_gate_compare_and_report(setup, untrained_model, phantom, tmp_path):
     filled = [k for k in range(len(labels.data)) if labels.data[k].any()]
     for k in filled[:4]:  # "corrections" equal to v000's output
         widget.history.record(k, labels.data[k], labels.data[k])
-    locked = widget.lock()
+    locked = widget.lock(sync=True)
     assert locked and set(locked) <= set(filled[:4])
 
-    widget._candidate.reset_choices()
-    widget._candidate.value = "v001"
+    widget.gate_panel._candidate.reset_choices()
+    widget.gate_panel._candidate.value = "v001"
     changes = []
-    widget.version_changed.connect(changes.append)
-    decision = widget.gate()
+    widget.session.events.model.connect(changes.append)
+    decision = widget.gate(sync=True)
     assert not decision.accepted and project.current_version == "v000"
-    assert widget._override_button.enabled and "rejected" in widget._gate_info.value
-    widget._reason.value = "testing the override"
-    decision = widget.gate(override=widget._reason.value)
+    assert widget.gate_panel._override_button.enabled and "rejected" in widget.gate_panel._gate_info.value
+    widget.gate_panel._reason.value = "testing the override"
+    decision = widget.gate(override=widget.gate_panel._reason.value, sync=True)
     assert decision.accepted and decision.override["why"] == "testing the override"
-    assert changes == ["v001"] and project.current_version == "v001"
+    assert "v001" in changes[-1] and project.current_version == "v001"
 
     project.set_current("v000")
     widget.go_to(filled[0])
-    shown = widget.compare()
+    shown = widget.compare(sync=True)
     assert shown["candidate"]["area"] == 0 and shown["current"]["area"] > 0
     names = {layer.name for layer in viewer.layers}
     assert {"compare candidate mask", "compare current mask", "compare candidate boxes",
             "compare current boxes"} <= names
-    assert viewer.layers["compare current mask"].data[filled[0]].any()
+    current = viewer.layers["compare current mask"]  # slice filled[0] only, placed on it
+    assert current.data.shape[0] == 1 and current.data[0].any()
+    assert current.metadata["slice"] == filled[0]
+    np.testing.assert_allclose(current.data_to_world((0, 0, 0)),
+                               image.data_to_world((filled[0], 0, 0)))
 
-    paths = widget.export_report(tmp_path / "report")
+    paths = widget.export_report(tmp_path / "report", sync=True)
     page = paths["html"].read_text()
     assert "testing the override" in page and "data:image/png;base64," in page
 
@@ -195,7 +199,7 @@ def test_finetune_widget_holds_the_locked_set_out(make_napari_viewer, phantom, s
     assert not {5, 6, 7} & (set(plan.train) | set(plan.validation))
     assert plan.validation and set(plan.train) | set(plan.validation) <= {1, 2, 3, 9, 10}
     # typed slice lists cannot bring the locked slice back either
-    tune._train_text.value, tune._val_text.value = "1, 2, 6, 9", "7, 10"
+    tune.correct._train_text.value, tune.correct._val_text.value = "1, 2, 6, 9", "7, 10"
     plan = tune.plan()
     assert not {5, 6, 7} & (set(plan.train) | set(plan.validation))
     # (9 is dropped too: next to the validation slice 10)
@@ -251,7 +255,7 @@ def test_snapshots_are_kept_per_mask_layer(make_napari_viewer, phantom, tmp_path
 def test_lock_uses_the_saved_corrections(setup, phantom, segmentation):
     """The locked set's reference masks are the annotator's saved corrections, not the
     (uncorrected) mask layer that happens to be chosen."""
-    from napari_roiseg.corrections import Corrections
+    from napari_roiseg.project.corrections import Corrections
 
     _, _, labels, widget = setup
     fixed = segmentation.labels.copy()
@@ -260,7 +264,7 @@ def test_lock_uses_the_saved_corrections(setup, phantom, segmentation):
     widget.project.save_corrections(fixed, Corrections(len(fixed), detected=corrected),
                                     segmentation.labels)
     assert not np.array_equal(fixed[corrected], labels.data[corrected])
-    locked = widget.lock()
+    locked = widget.lock(sync=True)
     assert locked and set(locked) <= set(corrected)
     _, truth = widget.history.locked_data()
     assert np.array_equal(truth, fixed[locked])
@@ -276,29 +280,36 @@ def test_lock_uses_the_saved_corrections(setup, phantom, segmentation):
     assert np.array_equal(refs[k_layer], labels.data[k_layer])
 
 
-def test_gate_compare_and_lock_wait_for_a_run(setup, untrained_model, monkeypatch):
-    from napari_roiseg import busy
-    from napari_roiseg._widgets import review_widget
-
-    viewer, _, labels, widget = setup
+def _two_versions_and_four_records(widget, labels, untrained_model) -> list[int]:
+    """v000 current, v001 a candidate; the first four slices with a mask recorded as
+    corrections (unchanged). Returns the slices with a mask."""
     widget.project.add_version(untrained_model(), {"parent": None})
     widget.project.add_version(untrained_model(), {"parent": "v000"}, make_current=False)
     filled = [k for k in range(len(labels.data)) if labels.data[k].any()]
     for k in filled[:4]:
         widget.history.record(k, labels.data[k], labels.data[k])
-    widget._candidate.reset_choices()
-    widget._candidate.value = "v001"
+    return filled
+
+
+def test_gate_compare_and_lock_wait_for_a_run(setup, untrained_model, monkeypatch):
+    from napari_roiseg import busy
+    from napari_roiseg._widgets import gate_panel
+
+    viewer, _, labels, widget = setup
+    filled = _two_versions_and_four_records(widget, labels, untrained_model)
+    widget.gate_panel._candidate.reset_choices()
+    widget.gate_panel._candidate.value = "v001"
     errors = []
-    monkeypatch.setattr(review_widget, "show_error", errors.append)
+    monkeypatch.setattr(gate_panel, "show_error", errors.append)
     token = busy.try_acquire("segmenting 'hip'")
     try:
-        assert widget.lock() == [] and widget.gate() is None and widget.compare() == {}
+        assert widget.lock(sync=True) == [] and widget.gate(sync=True) is None and widget.compare(sync=True) == {}
     finally:
         token.release()
     assert len(errors) == 3 and all("segmenting 'hip'" in e for e in errors)
     assert not widget.history.locked and not widget.history.decisions
     assert not any(layer.name.startswith("compare ") for layer in viewer.layers)
-    assert widget.lock() and widget.gate() is not None  # once the run is over
+    assert widget.lock(sync=True) and widget.gate(sync=True) is not None  # once the run is over
     assert busy.running() is None
 
 
@@ -363,4 +374,27 @@ def test_finetune_resegmentation_carries_the_review_stats(make_napari_viewer, ph
     review = ReviewWidget(viewer, project=tmp_path / "proj")
     review.select(image, layer)
     review.refresh_scores()
-    assert "model scores" in review._summary.value
+    assert "model scores" in review.review._summary.value
+
+
+def test_gate_and_compare_run_in_workers(setup, untrained_model, qtbot):
+    """The buttons' path: gate and compare return a worker at once, hold the run lock while it
+    runs, and show their result when it is done (the compare layers one turn at a time)."""
+    from napari_roiseg import busy
+
+    viewer, _, labels, widget = setup
+    filled = _two_versions_and_four_records(widget, labels, untrained_model)
+    assert widget.lock(sync=True)
+    widget.gate_panel.follow_session()
+    assert widget.gate_panel._candidate.value == "v001"
+    worker = widget.gate()
+    assert worker is not None and busy.running() == "gating v001"
+    qtbot.waitUntil(lambda: busy.running() is None and widget.decision is not None,
+                    timeout=60_000)
+    assert widget.decision.candidate == "v001" and "v001" in widget.gate_panel._gate_info.value
+    widget.go_to(filled[0])
+    assert widget.compare() is not None
+    qtbot.waitUntil(lambda: "compare current boxes" in viewer.layers
+                    and "slice" in widget.gate_panel._gate_info.value, timeout=60_000)
+    assert busy.running() is None
+    assert viewer.layers["compare candidate mask"].metadata["slice"] == filled[0]

@@ -81,9 +81,9 @@ def test_memory_mapped_output_is_filled_and_released(tmp_path, untrained_model):
     """The CLI's streaming set-up: memory-mapped input and a labels TIFF written in place."""
     import tifffile
 
-    from napari_roiseg._volume_write import labels_tiff_memmap
+    from napari_roiseg.io.writers import labels_tiff_memmap
     from napari_roiseg.segment import VolumeSegmentation
-    from napari_roiseg.volume_io import read_volume, write_volume_tiff
+    from napari_roiseg.io.volumes import read_volume, write_volume_tiff
     from sample_data.phantom import make_phantom
 
     vol = make_phantom(seed=2, n_slices=10, shape=(96, 80)).volume

@@ -79,8 +79,8 @@ def _assert_shapes_match(shapes, boxes):
 def test_slice_then_volume(setup, phantom):
     viewer, image, widget = setup
     assert widget.image_layer is image
-    assert widget._device_info.value == "auto -> cpu"
-    assert widget._model_source.value == "in-memory model"
+    assert widget.model_panel._device_info.value == "auto -> cpu"
+    assert widget.model_panel._source.value == "in-memory model"
     assert "fast preset" in widget.model_text
 
     _go_to(viewer, image, 4)  # z spacing 0.2: world 0.8 is slice 4
@@ -115,8 +115,8 @@ def test_threshold_and_top_k_do_not_rerun_the_model(setup, forward_calls):
     shapes = viewer.layers["hip boxes"]
     counts = []
     for threshold, top_k in [(0.0, 10), (0.0, 1), (0.5, 5), (1.0, 5)]:
-        widget._threshold.value = threshold
-        widget._top_k.value = top_k
+        widget.segment._threshold.value = threshold
+        widget.segment._top_k.value = top_k
         expected = filter_boxes(boxes, threshold, top_k)
         _assert_shapes_match(shapes, expected)
         counts.append(shapes.nshapes)
@@ -130,10 +130,10 @@ def test_cancel_keeps_the_partial_result(make_napari_viewer, qtbot, net):
     image = viewer.add_image(rng.integers(0, 255, (12, 96, 64), dtype=np.uint8), name="long")
     net.register_forward_pre_hook(lambda module, args: time.sleep(0.1))  # a long run
     widget = SegmentWidget(viewer, model=net)
-    widget._batch.value = 1
+    widget.segment._batch.value = 1
     worker = widget.run_volume()
     assert worker is not None and widget.worker is worker
-    assert widget._cancel_button.enabled and not widget._volume_button.enabled
+    assert widget.segment._cancel_button.enabled and not widget.segment._volume_button.enabled
     worker.yielded.connect(lambda _step: widget.cancel())
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     run = widget.last_run
@@ -144,8 +144,8 @@ def test_cancel_keeps_the_partial_result(make_napari_viewer, qtbot, net):
     assert mask[:run.done].any() and not mask[run.done:].any()
     np.testing.assert_array_equal(mask, result.labels)
     assert set(viewer.layers["long boxes"].features["slice"]) <= set(range(run.done))
-    assert "cancelled" in widget._status.value
-    assert widget._volume_button.enabled and not widget._cancel_button.enabled
+    assert "cancelled" in widget.segment._status.value
+    assert widget.segment._volume_button.enabled and not widget.segment._cancel_button.enabled
 
 
 def test_worker_run_completes(setup, qtbot, net, monkeypatch):
@@ -158,16 +158,16 @@ def test_worker_run_completes(setup, qtbot, net, monkeypatch):
     torch.set_num_threads(3)
     threads = []
     net.register_forward_pre_hook(lambda module, args: threads.append(torch.get_num_threads()))
-    widget._batch.value = 4
+    widget.segment._batch.value = 4
     widget.run_volume()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
-    assert set(threads) == {3 - widget.GUI_CORES} and torch.get_num_threads() == 3
+    assert set(threads) == {3 - widget.runner.GUI_CORES} and torch.get_num_threads() == 3
     torch.set_num_threads(before)
     assert widget.last_run.done == 6 and not widget.last_run.cancelled
     assert widget.last_run.batches == 2
     np.testing.assert_array_equal(viewer.layers["hip mask"].data,
                                   widget.sessions[image].result.labels)
-    assert widget._status.value.startswith("done: 6/6")
+    assert widget.segment._status.value.startswith("done: 6/6")
 
 
 def test_boxes_are_drawn_batch_by_batch_and_match_a_full_redraw(setup, qtbot, monkeypatch):
@@ -175,17 +175,19 @@ def test_boxes_are_drawn_batch_by_batch_and_match_a_full_redraw(setup, qtbot, mo
     text hidden until the end); the layer then holds exactly what a full redraw draws."""
     viewer, image, widget = setup
     widget.run_volume(sync=True)  # boxes of an earlier run: cleared when the next one starts
-    monkeypatch.setattr(SegmentWidget, "BOXES_EVERY_S", 0.0)
+    from napari_roiseg._widgets.volume_run import Segmenter
+
+    monkeypatch.setattr(Segmenter, "BOXES_EVERY_S", 0.0)
     shapes = viewer.layers["hip boxes"]
     seen = []
-    draw = SegmentWidget._draw_boxes
+    draw = Segmenter._draw_boxes
 
     def spy(self, run):
         draw(self, run)
         seen.append((run.boxes_upto, shapes.nshapes, shapes.text.visible))
 
-    monkeypatch.setattr(SegmentWidget, "_draw_boxes", spy)
-    widget._batch.value = 1
+    monkeypatch.setattr(Segmenter, "_draw_boxes", spy)
+    widget.segment._batch.value = 1
     widget.run_volume()
     assert not shapes.text.visible
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
@@ -199,8 +201,8 @@ def test_boxes_are_drawn_batch_by_batch_and_match_a_full_redraw(setup, qtbot, mo
                    list(shapes.text.values))
     _assert_shapes_match(shapes, filter_boxes(rows, 0.5, 3))
     assert widget.last_run.shown == shapes.nshapes > 0
-    assert f"{shapes.nshapes} boxes shown" in widget._status.value
-    widget.refresh_boxes()  # a full redraw gives the same layer
+    assert f"{shapes.nshapes} boxes shown" in widget.segment._status.value
+    widget.segment.refresh_boxes()  # a full redraw gives the same layer
     for a, b in zip(incremental[0], shapes.data):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(incremental[1].to_numpy(), shapes.features.to_numpy())
@@ -229,7 +231,7 @@ def test_result_layers_are_made_when_the_image_is_chosen(make_napari_viewer, pha
     widget.image_layer = viewer.layers["nan"]
     widget.image_layer = image  # chosen again: the same layers
     big = viewer.add_image(np.zeros((2, 8, 8), np.uint8), name="big")
-    widget.PREPARE_MAX_VOXELS = 127  # an image too large to prepare gets its layers at the run
+    widget.runner.PREPARE_MAX_VOXELS = 127  # an image too large to prepare gets its layers at the run
     widget.image_layer = big
     assert "big mask" not in viewer.layers
     widget.image_layer = image
@@ -269,14 +271,14 @@ def test_unedited_labels_are_updated_in_place(setup):
 def test_follow_mode_segments_the_slice_shown(setup, qtbot, forward_calls):
     viewer, image, widget = setup
     _go_to(viewer, image, 1)
-    widget._follow.value = True  # segments the current slice at once
+    widget.segment._follow.value = True  # segments the current slice at once
     result = lambda: widget.sessions[image].result  # noqa: E731
     assert result().done.tolist() == [False, True, False, False, False, False]
     _go_to(viewer, image, 5)
     qtbot.waitUntil(lambda: result().done[5], timeout=10_000)
     calls = len(forward_calls)
     _go_to(viewer, image, 1)  # already segmented by this model: no new run
-    qtbot.wait(3 * widget.FOLLOW_DELAY_MS)
+    qtbot.wait(3 * widget.segment.FOLLOW_DELAY_MS)
     assert len(forward_calls) == calls
     assert viewer.layers["hip mask"].data[[1, 5]].any()
 
@@ -309,9 +311,9 @@ def test_image_choices_follow_the_layer_list(make_napari_viewer, net):
     widget = SegmentWidget(viewer, model=net)
     a = viewer.add_image(np.zeros((2, 32, 32)), name="a")
     viewer.add_labels(np.zeros((2, 32, 32), np.uint8), name="not an image")
-    assert widget._image.choices == (a,)
+    assert widget.pickers.combos['image'].choices == (a,)
     a.name = "renamed"
-    assert widget._image.native.itemText(0) == "renamed"
+    assert widget.pickers.combos['image'].native.itemText(0) == "renamed"
     viewer.layers.remove(a)
     assert widget.image_layer is None
 
@@ -337,14 +339,14 @@ def test_checkpoints_good_corrupt_and_of_another_preset(setup, tmp_path, net, no
 
     viewer, image, widget = setup
     good = save_checkpoint(tmp_path / "good.pt", net, {"note": "test"})
-    widget._checkpoint.value = good
-    assert widget._model_source.value == "checkpoint file"
+    widget.model_panel._checkpoint.value = good
+    assert widget.model_panel._source.value == "checkpoint file"
     assert "fast preset" in widget.model_text and "good.pt" in widget.model_text
     assert widget.run_slice() is not None
 
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(good.read_bytes()[:500])
-    widget._checkpoint.value = corrupt
+    widget.model_panel._checkpoint.value = corrupt
     assert "not loaded" in widget.model_text
     assert any("corrupt" in m for m in _errors(notes))
     assert widget.run_slice() is None  # and it says why again
@@ -355,25 +357,25 @@ def test_checkpoints_good_corrupt_and_of_another_preset(setup, tmp_path, net, no
     payload["config"] = get_preset("fast", width_divisor=8).to_dict()
     other = tmp_path / "other_preset.pt"
     torch.save(payload, other)
-    widget._checkpoint.value = other
+    widget.model_panel._checkpoint.value = other
     assert any("do not fit" in m for m in _errors(notes))
 
-    widget._model_source.value = "in-memory model"  # the injected model is still on offer
+    widget.model_panel._source.value = "in-memory model"  # the injected model is still on offer
     assert widget.load_model() is net and "in-memory" in widget.model_text
 
 
 def test_missing_default_model_and_cuda(setup, monkeypatch, notes):
-    import napari_roiseg._widgets.segment_widget as module
+    import napari_roiseg.segment as module
 
     viewer, image, widget = setup
     monkeypatch.setattr(module, "default_checkpoint", lambda: module.Path("/nonexistent.pt"))
-    widget._model_source.value = "checkpoint file"
-    widget._model_source.value = "shipped default"  # drops the injected model
+    widget.model_panel._source.value = "checkpoint file"
+    widget.model_panel._source.value = "shipped default"  # drops the injected model
     assert widget.run_slice() is None
     assert any("missing" in m for m in _errors(notes))
     if not torch.cuda.is_available():
-        widget._device.value = "cuda"
-        assert "unavailable" in widget._device_info.value
+        widget.model_panel._device.value = "cuda"
+        assert "unavailable" in widget.model_panel._device_info.value
         assert any("CUDA is not available" in m for m in _errors(notes))
 
 
@@ -387,7 +389,7 @@ def test_screenshot_with_results_is_not_blank(make_napari_viewer, phantom, net):
     image = viewer.add_image(phantom.volume, name="hip", scale=phantom.spacing)
     widget = SegmentWidget(viewer, model=net)
     viewer.window.add_dock_widget(widget, name="Segment")
-    widget._threshold.value = 0.0
+    widget.segment._threshold.value = 0.0
     widget.run_volume(sync=True)
     _go_to(viewer, image, 3)
     QApplication.processEvents()
@@ -406,7 +408,7 @@ def test_shipped_default_model_loads(make_napari_viewer):
 
     assert default_checkpoint().is_file(), "the shipped default model is missing"
     widget = SegmentWidget(make_napari_viewer())
-    assert widget._model_source.value == "shipped default"
+    assert widget.model_panel._source.value == "shipped default"
     assert widget.load_model() is not None
     assert "fast preset" in widget.model_text and "shipped default" in widget.model_text
 
@@ -414,7 +416,7 @@ def test_shipped_default_model_loads(make_napari_viewer):
 def test_model_line_says_a_stopped_run_and_which_weights_it_kept():
     from types import SimpleNamespace
 
-    from napari_roiseg._widgets.segment_widget import describe_model
+    from napari_roiseg.model_info import describe_model
 
     net = SimpleNamespace(config=SimpleNamespace(preset="fast", arch="rpn_fcn"))
     stopped = {"training": {"steps": 2400, "state": "stopped", "best_step": 1400}}

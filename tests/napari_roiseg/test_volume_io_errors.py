@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_roiseg.volume_io import VolumeReadError, read_volume
+from napari_roiseg.io.volumes import VolumeReadError, read_volume
 
 
 def test_missing_file(tmp_path):
@@ -84,9 +84,11 @@ def test_colour_png_is_refused(tmp_path, volume):
 
 
 def test_multichannel_imagej_stack_is_refused_with_a_hint(tmp_path, volume):
+    # channels *and* slices: the channels are really channels, and they differ
     path = tmp_path / "channels.tif"
-    tifffile.imwrite(path, volume, imagej=True, metadata={"axes": "CYX"})
-    with pytest.raises(VolumeReadError, match="5 different channels.*save them as the Z axis"):
+    tifffile.imwrite(path, np.stack([volume, volume[::-1]], axis=1), imagej=True,
+                     metadata={"axes": "ZCYX"})
+    with pytest.raises(VolumeReadError, match="2 different channels.*save them as the Z axis"):
         read_volume(path)
 
 

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_roiseg.volume_io import Volume, natural_key, read_volume
+from napari_roiseg.io.volumes import Volume, natural_key, read_volume
 
 SPACING = (2.5, 0.3, 0.2)
 
@@ -160,3 +160,28 @@ def test_volume_is_frozen(tmp_path, volume):
     with pytest.raises(AttributeError):
         vol.name = "other"  # type: ignore[misc]
     assert isinstance(vol.source, str) and Path(vol.source).name == "v.tif"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_imagej_stack_whose_only_axis_is_c_is_read_as_slices(tmp_path, volume, dtype):
+    # tifffile's default for a 3D array with imagej=True: axes CYX, channels=N, no slices
+    from napari_roiseg.io.volumes import VolumeReadWarning
+
+    path = tmp_path / "default.tif"
+    tifffile.imwrite(path, volume.astype(dtype), imagej=True)
+    assert tifffile.TiffFile(path).series[0].axes == "CYX"
+    with pytest.warns(VolumeReadWarning, match=r"only stack axis is C \(5 channels.*read as a"):
+        read = read_volume(path)
+    np.testing.assert_array_equal(read.data, volume.astype(dtype))
+
+
+def test_reader_says_when_channels_were_read_as_slices(tmp_path, volume, monkeypatch):
+    import napari_roiseg.io.reader as reader
+
+    shown = []
+    monkeypatch.setattr(reader, "show_warning", shown.append)
+    path = tmp_path / "default.tif"
+    tifffile.imwrite(path, volume, imagej=True)
+    [(data, _, kind)] = reader.read_layers(str(path))
+    assert kind == "image" and data.shape == volume.shape
+    assert len(shown) == 1 and "read as a volume of slices (Z)" in shown[0]

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from napari_roiseg import _volume_write
-from napari_roiseg._writer import write_boxes, write_labels
-from napari_roiseg.volume_io import (
+from napari_roiseg.io import writers as _volume_write
+from napari_roiseg.io.writer import write_boxes, write_labels
+from napari_roiseg.io.volumes import (
     read_boxes_csv,
     read_volume,
     write_boxes_csv,

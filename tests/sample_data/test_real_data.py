@@ -60,3 +60,23 @@ def test_spj_hip_images_are_single_channel():
     for name, image in samples:
         assert image.shape == (256, 256) and image.dtype == np.uint8, name
         assert image.std() > 5, name  # real content
+
+
+def test_from_hc18_keeps_or_resizes():
+    torch = pytest.importorskip("torch")
+    from sample_data.real_data import from_hc18
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(54, 80), dtype=np.uint8)
+    mask = np.zeros((54, 80), np.uint8)
+    mask[10:40, 20:60] = 1
+    samples = [("000_HC", image, mask), ("001_HC", image[::-1].copy(), mask)]
+    native = from_hc18(samples)
+    assert len(native) == 2 and native.locate(1) == ("001_HC", 0)
+    assert native[0][0].shape == (1, 54, 80)
+    small = from_hc18(samples, resize_to=(27, 40), negatives="none")
+    img, target = small[0]
+    assert img.shape == (1, 27, 40)
+    assert set(target["masks"].unique().tolist()) == {0, 1}
+    torch.testing.assert_close(target["boxes"], torch.tensor([[10.0, 5.0, 30.0, 20.0]]))
+    assert abs(float(img.mean()) - image.mean() / 255) < 0.02  # bilinear keeps the intensities

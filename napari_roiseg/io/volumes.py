@@ -19,16 +19,19 @@ from typing import Union
 
 import numpy as np
 
-from napari_roiseg._volume_formats import (
+from napari_roiseg.io.formats import (
     FRAME_SUFFIXES,
     RawVolume,
     VolumeReadError,
+    VolumeReadWarning,
     load_dicom,
     load_nifti,
     load_png,
     load_tiff,
 )
-from napari_roiseg._volume_write import (
+from napari_roiseg.io.writers import (
+    atomic_path,
+    plain_write_mode,
     read_boxes_csv,
     write_boxes_csv,
     write_labels_tiff,
@@ -38,11 +41,14 @@ from napari_roiseg._volume_write import (
 __all__ = [
     "Volume",
     "VolumeReadError",
+    "VolumeReadWarning",
     "read_volume",
     "write_labels_tiff",
     "write_volume_tiff",
     "write_boxes_csv",
     "read_boxes_csv",
+    "atomic_path",
+    "plain_write_mode",
     "SUPPORTED_FORMATS",
 ]
 

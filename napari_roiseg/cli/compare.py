@@ -32,11 +32,11 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def evaluate_model(model, volumes, batch_size: int = 8) -> dict[str, Any]:
+def evaluate_model(model, volumes, batch_size: int | None = None) -> dict[str, Any]:
     """Segment every test volume with ``model`` and score all slices together."""
     from src_model.metrics import evaluate_masks
 
-    from .segment import segment_array
+    from ..segment import segment_array
 
     preds, truths = [], []
     for v in volumes:
@@ -59,7 +59,7 @@ def tune_test_rois(model, images: Any, truth: np.ndarray,
     """
     from src_model.metrics import evaluate_masks
 
-    from .segment import segment_array
+    from ..segment import segment_array
 
     if segment is None:
         def segment(images, model, score_threshold, top_k):
@@ -114,7 +114,7 @@ def tune_roi_margin(model, images: Any, truth: np.ndarray, margins=(0, 4, 8, 16)
     """
     from src_model.metrics import evaluate_masks
 
-    from .segment import segment_array
+    from ..segment import segment_array
 
     config, table = model.config, []
     try:
@@ -239,7 +239,7 @@ def _scores(model, test, val_raw) -> dict[str, Any]:
     picks the loss)."""
     from src_model.metrics import evaluate_masks
 
-    from .segment import segment_array
+    from ..segment import segment_array
 
     t0 = time.perf_counter()
     metrics = evaluate_model(model, test)

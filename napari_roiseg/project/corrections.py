@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MARKS", "Corrections", "SlicePlan", "detect_corrected", "format_slices",
+__all__ = ["MARKS", "CorrectionState", "Corrections", "SlicePlan", "correction_state",
+           "detect_corrected", "format_slices",
            "parse_slices", "plan_slices"]
 
 MARKS = ("corrected", "negative", "excluded")
@@ -248,3 +249,20 @@ def plan_slices(
                         "slices spread along the volume")
     unused = sorted(near | (known - set(train_slices) - set(val))) if train is None else sorted(near)
     return SlicePlan(tuple(train_slices), tuple(val), tuple(unused), tuple(warnings))
+
+
+@dataclass
+class CorrectionState:
+    """The Correct step's state, one per session, shared by every dock that shows the step."""
+
+    corrections: Corrections = field(default_factory=lambda: Corrections(0))
+    layer: Any = None  # the mask layer the reference belongs to
+    reference: np.ndarray | None = None  # the prediction corrections are compared with
+    reference_name: str = ""
+    reference_saved: bool = False
+    restored_from: Any = None  # the project whose saved corrections were brought back
+
+
+def correction_state(session: Any) -> CorrectionState:
+    """The Correct step's state of ``session`` (a ``session.Session``), made on first use."""
+    return session.extras.setdefault("corrections", CorrectionState())

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .history import CorrectionHistory
-from .review import COMPONENTS, ReviewScores, draw_scores
+from ..review import COMPONENTS, ReviewScores, draw_scores
 
 __all__ = ["export_report"]
 
@@ -44,7 +44,7 @@ def _png(draw, size=(8, 2.6)) -> str:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    from ._volume_write import atomic_path
+    from ..io.writers import atomic_path
 
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")

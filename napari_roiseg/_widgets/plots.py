@@ -1,8 +1,9 @@
-"""A small matplotlib canvas for a dock widget: the live fine-tuning plot.
+"""The docks' matplotlib canvases: the live fine-tuning plot and the review score plot.
 
-The drawing itself is :func:`napari_roiseg.finetune.draw_history` (Qt-free, also used to save the
-figure as a PNG); this canvas only coalesces redraw requests so that a fast stream of training
-steps costs at most one redraw per ``interval_ms``.
+The drawing itself is Qt-free (:func:`napari_roiseg.finetune.draw_history`,
+:func:`napari_roiseg.review.draw_scores`, also used for the saved figures); the fine-tuning
+canvas coalesces redraw requests so that a fast stream of training steps costs at most one
+redraw per ``interval_ms``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy
 
+from typing import Any
+
 from ..finetune import TrainingHistory, draw_history
+from ..review import ReviewScores, draw_scores
 
 
 class HistoryCanvas(FigureCanvasQTAgg):
@@ -45,3 +49,28 @@ class HistoryCanvas(FigureCanvasQTAgg):
         draw_history(self.figure, self.history, self.title)
         self.draw_idle()
         self.draws += 1
+
+
+class ScoreCanvas(FigureCanvasQTAgg):
+    """The review score along the slice axis; a click jumps to the slice under the mouse."""
+
+    def __init__(self, on_click: Any) -> None:
+        super().__init__(Figure(figsize=(4, 1.8), dpi=80))
+        self.setMinimumHeight(130)
+        self._line: Any = None
+        self._on_click = on_click
+        self.mpl_connect("button_press_event", self._clicked)
+
+    def show_scores(self, scores: ReviewScores, current: int, marks: dict[int, str]) -> None:
+        ax = draw_scores(self.figure, scores, current, marks)
+        self._line = ax.lines[-1]  # draw_scores draws the current-slice line last
+        self.draw_idle()
+
+    def set_current(self, k: int) -> None:
+        if self._line is not None:
+            self._line.set_xdata([k, k])
+            self.draw_idle()
+
+    def _clicked(self, event: Any) -> None:
+        if event.xdata is not None:
+            self._on_click(int(round(event.xdata)))

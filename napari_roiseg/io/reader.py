@@ -1,4 +1,4 @@
-"""npe2 reader contribution: open volumes with :func:`napari_roiseg.volume_io.read_volume`.
+"""npe2 reader contribution: open volumes with :func:`napari_roiseg.io.volumes.read_volume`.
 
 napari imports this module to ask every plugin whether it can read a path, so it stays light
 (numpy, tifffile, napari notifications; never torch).
@@ -7,14 +7,15 @@ napari imports this module to ask every plugin whether it can read a path, so it
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Union
 
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 
-from napari_roiseg._volume_formats import FRAME_SUFFIXES
-from napari_roiseg.volume_io import VolumeReadError, read_volume
+from napari_roiseg.io.formats import FRAME_SUFFIXES
+from napari_roiseg.io.volumes import VolumeReadError, VolumeReadWarning, read_volume
 
 PathOrPaths = Union[str, Sequence[str]]
 LayerData = tuple[Any, dict[str, Any], str]
@@ -64,10 +65,18 @@ def read_layers(path: PathOrPaths) -> list[LayerData]:
         notification with the reason is shown and no layer is returned.
     """
     try:
-        volume = read_volume(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", VolumeReadWarning)
+            volume = read_volume(path)
     except (VolumeReadError, ImportError) as exc:
         show_error(str(exc))
         return _NO_LAYERS
+    for warning in caught:  # how the file was read differs from its metadata: say so, once
+        if issubclass(warning.category, VolumeReadWarning):
+            show_warning(str(warning.message))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
     metadata = {"source": volume.source, "spacing": volume.spacing, "unit": volume.unit}
     kwargs = {"name": volume.name, "scale": volume.spacing, "metadata": metadata}
     return [(volume.data, kwargs, "image")]

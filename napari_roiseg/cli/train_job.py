@@ -1,6 +1,6 @@
 """A whole training job: load volumes, build the datasets, train, write the checkpoint.
 
-Used by ``roiseg train`` (one process) and, unchanged, by ``torchrun -m napari_roiseg.train_job``
+Used by ``roiseg train`` (one process) and, unchanged, by ``torchrun -m napari_roiseg.cli.train_job``
 (several processes through DistributedDataParallel). Also the engine behind the default model
 (``scripts/make_default_model.py``) and the Table 1 comparison. No napari import here.
 
@@ -43,7 +43,7 @@ def load_source(spec: str, shape: tuple[int, int] | None = None) -> LabelledVolu
         kwargs = {"shape": shape} if shape else {}
         ph = make_phantom(seed=seed, n_slices=n_slices, **kwargs)
         return LabelledVolume(spec, ph.volume, ph.labels)
-    from .volume_io import read_volume
+    from ..io.volumes import read_volume
 
     folder = Path(spec)
     vol_path, lab_path = folder / "volume.tif", folder / "labels.tif"
@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``roiseg train`` and of ``torchrun -m napari_roiseg.train_job``."""
+    """Entry point of ``roiseg train`` and of ``torchrun -m napari_roiseg.cli.train_job``."""
     import torch
 
     from src_model import distributed
@@ -183,7 +183,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             parent = None
         anchors = None
         if not any(item.startswith(("anchor_sizes=", "aspect_ratios=")) for item in args.set):
-            from .finetune import adapt_anchors
+            from ..finetune import adapt_anchors
 
             model, anchors = adapt_anchors(model, [v.labels for v in volumes], args.anchors)
         net = distributed.wrap_model(model, device)

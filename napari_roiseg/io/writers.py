@@ -1,6 +1,6 @@
 """Atomic writers: ImageJ TIFF for volumes and labels, CSV for detector boxes.
 
-Public through :mod:`napari_roiseg.volume_io`. Every writer writes a temporary file in the
+Public through :mod:`napari_roiseg.io.volumes`. Every writer writes a temporary file in the
 target folder and renames it over the target (``os.replace``), so an interrupted save never
 leaves a half-written file where a good one was.
 """
@@ -25,13 +25,29 @@ PathLike = Union[str, "os.PathLike[str]"]
 BOXES_HEADER = ("slice", "y1", "x1", "y2", "x2", "score")
 
 
+def plain_write_mode() -> int:
+    """The permission bits a plain ``open(path, "w")`` gives a new file: 0o666 less the umask.
+
+    Temporary files made by :func:`tempfile.mkstemp` are 0o600; renamed into place they would
+    keep that, and a colleague on a shared machine could not read what this user wrote.
+    """
+    mask = os.umask(0)  # the only way to read the umask; set straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
+
+    The file gets :func:`plain_write_mode` permissions whatever made the temporary file, so an
+    atomic write leaves the same permissions as a plain one.
+    """
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
+        os.chmod(tmp, plain_write_mode())
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -55,7 +71,7 @@ def write_volume_tiff(
         integers that fit become uint16, everything else float32.
     spacing : sequence of 3 floats
         Voxel size ``(z, y, x)``, stored as ImageJ ``spacing`` and resolution tags, which
-        :func:`~napari_roiseg.volume_io.read_volume` reads back.
+        :func:`~napari_roiseg.io.volumes.read_volume` reads back.
     unit : str, optional
         Spacing unit, e.g. ``"mm"``.
 

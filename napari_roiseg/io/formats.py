@@ -1,4 +1,4 @@
-"""Per-format loaders behind :func:`napari_roiseg.volume_io.read_volume`.
+"""Per-format loaders behind :func:`napari_roiseg.io.volumes.read_volume`.
 
 Each loader returns a :class:`RawVolume`: the pixel array as the library gives it, where its
 colour/channel axis is, and the spacing ``(z, y, x)`` found in the metadata (None = unknown).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,14 @@ class VolumeReadError(ValueError):
     """A file could not be read as a volume; the message says why and what would work."""
 
 
-VolumeReadError.__module__ = "napari_roiseg.volume_io"  # its public home
+VolumeReadError.__module__ = "napari_roiseg.io.volumes"  # its public home
+
+
+class VolumeReadWarning(UserWarning):
+    """A file was read, but not literally as its metadata says (the message says how)."""
+
+
+VolumeReadWarning.__module__ = "napari_roiseg.io.volumes"
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,8 +86,25 @@ def load_tiff(path: Path, *, mmap: bool) -> RawVolume:
         else:
             data, axes = first.asarray(), first.axes
         _check_tiff_complete(path, tif, series, problems)
+        if _channels_are_slices(tif, axes):
+            axes = "ZYX"
+            warnings.warn(
+                f"'{path.name}' is an ImageJ stack whose only stack axis is C ({data.shape[0]} "
+                "channels, no slices): read as a volume of slices (Z), as "
+                "tifffile.imwrite(path, volume, imagej=True) writes one. Save it with "
+                "metadata={'axes': 'ZYX'} to say so in the file.", VolumeReadWarning,
+                stacklevel=2)
     channel_axis, kind = _tiff_channel_axis(axes)
     return RawVolume(data, channel_axis, kind, axes, spacing, unit)
+
+
+def _channels_are_slices(tif: tifffile.TiffFile, axes: str) -> bool:
+    """A grayscale ImageJ file whose only stack axis is C: what ``tifffile.imwrite(p, vol,
+    imagej=True)`` writes for a 3D array (axes CYX, ``channels=N``, no ``slices``). ImageJ
+    itself never writes a volume that way, so these channels are a volume's slices."""
+    meta = tif.imagej_metadata or {}
+    return (tif.is_imagej and axes == "CYX" and meta.get("mode", "grayscale") == "grayscale"
+            and int(meta.get("slices", 1) or 1) == 1 and int(meta.get("frames", 1) or 1) == 1)
 
 
 def _page_series(tif: tifffile.TiffFile) -> list[tifffile.TiffPageSeries]:

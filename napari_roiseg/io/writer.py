@@ -1,6 +1,6 @@
 """npe2 writer contributions: labels -> ImageJ TIFF, shapes (boxes) -> CSV.
 
-Thin adapters from napari layer data ``(data, meta)`` to :mod:`napari_roiseg.volume_io`.
+Thin adapters from napari layer data ``(data, meta)`` to :mod:`napari_roiseg.io.volumes`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_roiseg.volume_io import write_boxes_csv, write_labels_tiff
+from napari_roiseg.io.volumes import write_boxes_csv, write_labels_tiff
 
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:

@@ -40,8 +40,8 @@ def _headless(out: Path, seed: int, slices: int, model: Any, device: str) -> int
     from sample_data.phantom import make_phantom
     from src_model.metrics import evaluate_masks
 
-    from .segment import segment_array
-    from .volume_io import write_boxes_csv, write_labels_tiff, write_volume_tiff
+    from ..segment import segment_array
+    from ..io.volumes import write_boxes_csv, write_labels_tiff, write_volume_tiff
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -72,7 +72,7 @@ def _screenshot(out: Path, shot: Path) -> str:
     """Draw napari on a virtual display if possible, else a matplotlib figure of the same data."""
     xvfb = shutil.which("xvfb-run")
     if xvfb:
-        cmd = [xvfb, "-a", sys.executable, "-m", "napari_roiseg.demo", "--screenshot", str(out)]
+        cmd = [xvfb, "-a", sys.executable, "-m", "napari_roiseg.cli.demo", "--screenshot", str(out)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode == 0 and shot.exists():
             return "napari on a virtual display"
@@ -93,7 +93,7 @@ def _matplotlib_figure(out: Path, shot: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .volume_io import read_boxes_csv, read_volume
+    from ..io.volumes import read_boxes_csv, read_volume
 
     vol = np.asarray(read_volume(out / "volume.tif").data)
     pred = np.asarray(read_volume(out / "labels.tif").data)
@@ -117,7 +117,7 @@ def _matplotlib_figure(out: Path, shot: Path) -> None:
 def _open_viewer(volume: np.ndarray, truth: np.ndarray, spacing, show: bool):
     import napari
 
-    from ._widgets import SegmentWidget
+    from .._widgets import SegmentWidget
 
     viewer = napari.Viewer(show=show, title="napari-roiseg demo")
     image = viewer.add_image(volume, name="hip phantom", scale=spacing)
@@ -131,7 +131,7 @@ def _open_viewer(volume: np.ndarray, truth: np.ndarray, spacing, show: bool):
 def _interactive(ph, model: Any, device: str) -> int:
     import napari
 
-    from .api import segment_volume
+    from ..api import segment_volume
 
     viewer, image, _ = _open_viewer(ph.volume, ph.labels, ph.spacing, show=True)
     segment_volume(image, model=model, device=device, viewer=viewer)
@@ -142,8 +142,8 @@ def _interactive(ph, model: Any, device: str) -> int:
 
 def _screenshot_main(out: Path) -> int:
     """Runs under xvfb-run: load the headless outputs into napari and grab the window."""
-    from .layers import add_result_layers
-    from .volume_io import read_boxes_csv, read_volume
+    from ..layers import add_result_layers
+    from ..io.volumes import read_boxes_csv, read_volume
 
     vol = read_volume(out / "volume.tif")
     truth = np.asarray(read_volume(out / "truth.tif").data)

@@ -41,7 +41,8 @@ from typing import Any
 import numpy as np
 
 from .corrections import SlicePlan, format_slices, plan_slices
-from .project import Project, SharedJson, claim_numbered_file
+from .locking import SharedJson, claim_numbered_file
+from .project import Project
 
 __all__ = ["DEFAULT_TOLERANCE", "CorrectionHistory", "GateDecision", "evaluate_model",
            "locked_plan", "locked_slices", "mask_scores", "route_new_version"]
@@ -63,7 +64,7 @@ def _user() -> str:
 
 
 def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
-    from ._volume_write import atomic_path
+    from ..io.writers import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, **arrays)
@@ -338,7 +339,10 @@ def evaluate_model(model: Any, images: np.ndarray, truth: np.ndarray,
     from src_model.metrics import evaluate_masks
     from src_model.predict import predict
 
-    results = predict(model, images, batch_size=4, device=device, normalize=False)
+    from ..segment import default_batch_size
+
+    results = predict(model, images, batch_size=default_batch_size(device), device=device,
+                      normalize=False)
     pred = np.stack([r["mask"] for r in results])
     m = evaluate_masks(pred, truth)
     pooled = m["pooled"]

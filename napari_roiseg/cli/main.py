@@ -28,7 +28,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from .batch_inputs import expand_inputs
+    from ..batch_inputs import expand_inputs
 
     items, one_volume = expand_inputs(args.inputs)
     options = {"device": args.device, "batch_size": args.batch_size,
@@ -37,7 +37,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         if int(os.environ.get("RANK", "0")) != 0:
             return 0
         return _segment_one(items[0].source, Path(args.out), args.model, args.quiet, options)
-    from .batch import run_items
+    from ..batch import run_items
 
     result = run_items(items, Path(args.out), model=args.model, resume=args.resume,
                        progress=not args.quiet, **options)
@@ -52,9 +52,9 @@ def _segment_one(source: str, out: Path, model: str | None, quiet: bool,
     """Today's one-volume layout: ``OUT/labels.tif`` and ``OUT/boxes.csv``; errors raise."""
     from tqdm import tqdm
 
-    from .batch import segment_to_folder
-    from .segment import load_model
-    from .volume_io import read_volume
+    from ..batch import segment_to_folder
+    from ..segment import load_model
+    from ..io.volumes import read_volume
 
     vol = read_volume(source)
     net = load_model(model)  # fail on a bad checkpoint before any output file is made
@@ -71,7 +71,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from src_model.metrics import evaluate_masks
 
-    from .volume_io import read_volume
+    from ..io.volumes import read_volume
 
     pred = np.asarray(read_volume(args.pred).data)
     truth = np.asarray(read_volume(args.truth).data)
@@ -116,8 +116,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .api import export_review_report
-    from .volume_io import read_boxes_csv, read_volume
+    from ..api import export_review_report
+    from ..io.volumes import read_boxes_csv, read_volume
 
     if not (Path(args.project) / "project.json").exists():
         raise CliError(f"{args.project} is not a napari-roiseg project folder (no project.json)")
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json-out", default=None, help="also write the JSON to this file")
     e.set_defaults(func=_cmd_evaluate)
 
-    # `roiseg train` forwards its arguments to napari_roiseg.train_job (also run by torchrun).
+    # `roiseg train` forwards its arguments to napari_roiseg.cli.train_job (also run by torchrun).
     sub.add_parser("train", help="train a model (see `roiseg train --help`)", add_help=False)
 
     c = sub.add_parser("compare", help="the paper's Table 1 on phantom volumes")
