@@ -1,7 +1,7 @@
 """The main job: the sample hip volume, the shipped default model, napari.
 
 With a display, ``roiseg demo`` opens napari with the phantom volume and its ground truth, docks
-the Segment widget, segments the whole volume with the default model and shows boxes and masks.
+the one ROI Seg dock (all steps), segments the whole volume with the default model and shows boxes and masks.
 Without one (or with ``--headless``) it runs the same pipeline and writes ``volume.tif``,
 ``labels.tif``, ``boxes.csv``, ``metrics.json`` and ``screenshot.png`` (napari drawn on a virtual
 X display when ``xvfb-run`` is installed, else a matplotlib rendering of the same layers).
@@ -117,14 +117,14 @@ def _matplotlib_figure(out: Path, shot: Path) -> None:
 def _open_viewer(volume: np.ndarray, truth: np.ndarray, spacing, show: bool):
     import napari
 
-    from .._widgets import SegmentWidget
+    from .._widgets import RoisegDock
 
     viewer = napari.Viewer(show=show, title="napari-roiseg demo")
     image = viewer.add_image(volume, name="hip phantom", scale=spacing)
     viewer.add_labels(truth, name="acetabulum ground truth", scale=spacing, opacity=0.4,
                       visible=False)
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Segment (napari-roiseg)", area="right")
+    widget = RoisegDock(viewer)  # the one dock: Segment -> Correct -> Fine-tune -> Review
+    viewer.window.add_dock_widget(widget, name="ROI Seg (napari-roiseg)", area="right")
     return viewer, image, widget
 
 
