@@ -128,6 +128,17 @@ def _open_viewer(volume: np.ndarray, truth: np.ndarray, spacing, show: bool):
     return viewer, image, widget
 
 
+def _point_dock_at_results(viewer: Any, image: Any) -> None:
+    """The dock's mask and boxes are the model's result layers, never the ground truth (the
+    first Labels layer in the viewer, which the dock would otherwise offer)."""
+    from ..session import get_session
+
+    session = get_session(viewer)
+    for role, name in (("mask_layer", f"{image.name} mask"), ("boxes_layer", f"{image.name} boxes")):
+        if name in viewer.layers:
+            setattr(session, role, viewer.layers[name])
+
+
 def _interactive(ph, model: Any, device: str) -> int:
     import napari
 
@@ -135,6 +146,7 @@ def _interactive(ph, model: Any, device: str) -> int:
 
     viewer, image, _ = _open_viewer(ph.volume, ph.labels, ph.spacing, show=True)
     segment_volume(image, model=model, device=device, viewer=viewer)
+    _point_dock_at_results(viewer, image)
     viewer.dims.set_point(0, _best_slice(ph.labels) * ph.spacing[0])
     napari.run()
     return 0
@@ -151,6 +163,7 @@ def _screenshot_main(out: Path) -> int:
     boxes = read_boxes_csv(out / "boxes.csv")
     viewer, image, widget = _open_viewer(np.asarray(vol.data), truth, vol.spacing, show=True)
     add_result_layers(viewer, image, pred, boxes)
+    _point_dock_at_results(viewer, image)
     viewer.dims.set_point(0, _best_slice(truth) * vol.spacing[0])
     viewer.window._qt_window.resize(1400, 900)
     from qtpy.QtWidgets import QApplication
