@@ -190,3 +190,23 @@ def test_marks_made_in_one_dock_are_kept_by_the_other(make_napari_viewer, phanto
     saved, planes, _, _ = Project(tmp_path / "p").load_corrections()
     assert saved.marks == {3: "negative"} and tune.corrections.marks == {3: "negative"}
     assert sorted(planes) == [3, 5] and dock.correct.corrections.detected == [5]
+
+
+def test_demo_points_the_dock_at_the_result_layers_not_the_ground_truth(make_napari_viewer):
+    from napari_roiseg.cli.demo import _point_dock_at_results
+    from napari_roiseg.session import get_session
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((4, 32, 24), np.uint8), name="hip phantom")
+    truth = viewer.add_labels(np.zeros((4, 32, 24), np.uint8), name="acetabulum ground truth")
+    dock = RoisegDock(viewer)
+    session = get_session(viewer)
+    assert session.mask_layer is truth  # what the dock offers first: the only Labels layer
+    if "hip phantom mask" not in viewer.layers:  # the dock may already have made them, empty
+        viewer.add_labels(np.zeros((4, 32, 24), np.uint8), name="hip phantom mask")
+    if "hip phantom boxes" not in viewer.layers:
+        viewer.add_shapes(name="hip phantom boxes", ndim=3)
+    mask, boxes = viewer.layers["hip phantom mask"], viewer.layers["hip phantom boxes"]
+    _point_dock_at_results(viewer, image)
+    assert session.mask_layer is mask and session.boxes_layer is boxes
+    dock.close()
