@@ -25,12 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from napari_roiseg.cli.compare import (
-    apply_roi_filter,
-    evaluate_model,
-    tune_roi_filter,
-    tune_roi_margin,
-)
+from napari_roiseg.cli.compare import evaluate_model, tune_test_time
 from napari_roiseg.segment import default_checkpoint
 from napari_roiseg.cli.train_job import LabelledVolume, train_model
 from sample_data.real_data import _resize, load_hc18
@@ -81,10 +76,10 @@ def main() -> None:
     model = build_model(config)
     model.load_state_dict(base.state_dict())  # same shapes: only the anchor geometry changes
     before = evaluate_model(model.eval(), [test])
-    validation = None
+    validation = val_raw = None
     if val_s:
-        val_images, val_masks = _stack(val_s, size)
-        validation = (normalize_slices(val_images), val_masks)  # as training validates
+        val_raw = _stack(val_s, size)
+        validation = (normalize_slices(val_raw[0]), val_raw[1])  # as training validates
     t0 = time.perf_counter()
     cfg = TrainConfig(steps=args.steps, batch_size=4, lr=args.lr, seed=0,
                       eval_every=args.eval_every)
@@ -97,13 +92,10 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     model.eval()
     margin = roi_filter = None
-    if val_s:  # the test-time ROI filter and margin, picked on the validation images
-        val_raw = _stack(val_s, size)
-        chosen = tune_roi_filter(model, *val_raw)
-        apply_roi_filter(model, chosen)
-        margin, _ = tune_roi_margin(model, *val_raw)
-        model.config = model.config.replace(test_roi_margin=margin)
-        roi_filter = {k: v for k, v in chosen.items() if k != "table"}
+    if val_raw is not None:  # the test-time ROI filter and margin, picked on validation images
+        chosen = tune_test_time(model, *val_raw)
+        margin = chosen.pop("test_roi_margin")
+        roi_filter = {k: v for k, v in chosen.items() if not k.startswith("validation")}
     if args.save:
         save_checkpoint(args.save, model, {"description": "HC18 fine-tune (hc18_finetune.py)",
                                            "best_step": outcome.best_step,

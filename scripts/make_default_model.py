@@ -20,12 +20,7 @@ from pathlib import Path
 
 import torch
 
-from napari_roiseg.cli.compare import (
-    apply_roi_filter,
-    evaluate_model,
-    tune_roi_filter,
-    tune_roi_margin,
-)
+from napari_roiseg.cli.compare import evaluate_model, tune_test_time
 from napari_roiseg.cli.train_job import load_source, train_model, validation_arrays
 from src_model.checkpoint import save_checkpoint
 from src_model.config import get_preset
@@ -107,13 +102,9 @@ def main() -> None:
 def _finish(args, model, meta, val, test) -> None:
     """Tune the test-time ROI filter and margin on validation, test on held-out volumes, save."""
     model.eval()
-    chosen = tune_roi_filter(model, *val)
-    apply_roi_filter(model, chosen)
-    margin, margins = tune_roi_margin(model, *val)
-    model.config = model.config.replace(test_roi_margin=margin)
-    meta["roi_filter"] = {"chosen": {**{k: v for k, v in chosen.items() if k != "table"},
-                                     "test_roi_margin": margin},
-                          "validation": chosen["table"], "validation_margin": margins}
+    chosen = tune_test_time(model, *val)
+    tables = {k: chosen.pop(k) for k in ("validation", "validation_margin")}
+    meta["roi_filter"] = {"chosen": chosen, **tables}
     t1 = time.perf_counter()
     metrics = evaluate_model(model, test)
     eval_s = time.perf_counter() - t1

@@ -4,8 +4,7 @@ vs FCN-noPool5 vs U-Net.
 Every method gets the same training volumes, steps, batch size, optimiser and seed, and every loss
 option (``--losses``); each is reported with the loss that scored best on the *validation*
 volumes, and RPN-FCN rows with the test-time ROI filter and ROI margin picked there too
-(:func:`tune_roi_filter`, :func:`tune_roi_margin`; "all proposals" is the paper's setting,
-also reported). The test volumes (other seeds) are never
+(:func:`tune_test_time`; "all proposals" is the paper's setting, also reported). The test volumes (other seeds) are never
 seen in training or in any choice. Scores are the paper's (per-slice mean over all test slices),
 the per-slice mean over slices with an object in truth or prediction, and the pooled (pixel) scores
 the authors' code computed; inference ms/slice is timed on the test volumes in the same run.
@@ -105,10 +104,23 @@ def apply_roi_filter(model, chosen: dict[str, Any]) -> None:
         test_single_object=chosen["single_object"])
 
 
+def tune_test_time(model, images: Any, truth: np.ndarray) -> dict[str, Any]:
+    """Tune the RPN-FCN test-time choices on validation slices and set them in ``model.config``:
+    the ROI filter (:func:`tune_roi_filter`), then, with it, the ROI margin
+    (:func:`tune_roi_margin`). Returns the choices, with the two validation tables under
+    ``"validation"`` and ``"validation_margin"``."""
+    chosen = tune_roi_filter(model, images, truth)
+    apply_roi_filter(model, chosen)
+    margin, margins = tune_roi_margin(model, images, truth)
+    model.config = model.config.replace(test_roi_margin=margin)
+    return {**{k: v for k, v in chosen.items() if k != "table"}, "test_roi_margin": margin,
+            "validation": chosen["table"], "validation_margin": margins}
+
+
 def tune_roi_margin(model, images: Any, truth: np.ndarray, margins=(0, 4, 8, 16)):
     """Pick ``test_roi_margin`` (px grown on each side of a test ROI before the head) with the
     best pooled dice on validation slices, with the model's current ROI filter (tune that first:
-    :func:`tune_test_rois`). A box a few pixels too tight cuts the structure's edge off the
+    :func:`tune_roi_filter`). A box a few pixels too tight cuts the structure's edge off the
     mask; a wider window costs head time in proportion to its area, so ties go to the smaller
     margin. Returns ``(margin, table)``; ``model.config`` is left as it was.
     """
@@ -186,13 +198,10 @@ def run_comparison(
                    "state": outcome.state}
             if model.config.arch == "rpn_fcn":
                 paper = _scores(model, test, val_raw)  # all post-NMS proposals, as the paper
-                chosen = tune_roi_filter(model, *val_raw)
-                apply_roi_filter(model, chosen)
-                margin, _ = tune_roi_margin(model, *val_raw)
-                model.config = model.config.replace(test_roi_margin=margin)
+                chosen = tune_test_time(model, *val_raw)
                 run["all_proposals"] = paper
-                run["roi_filter"] = {k: v for k, v in chosen.items() if k != "table"}
-                run["roi_filter"]["test_roi_margin"] = margin
+                run["roi_filter"] = {k: v for k, v in chosen.items()
+                                     if not k.startswith("validation")}
             run.update(_scores(model, test, val_raw))
             runs.append(run)
         best = max(runs, key=lambda r: r["validation_pooled_dice"])

@@ -71,6 +71,29 @@ def test_tune_roi_filter_picks_single_object_jointly_with_the_threshold(monkeypa
     assert model.config.test_single_object and model.config.test_score_threshold == 0.3
 
 
+def test_tune_test_time_sets_the_filter_then_the_margin_it_picked(monkeypatch):
+    truth = np.zeros((4, 16, 16), np.uint8)
+    truth[:, 4:12, 2:14] = 1
+    cut = truth.copy()
+    cut[:, :, 2:4] = 0
+
+    def fake_segment(images, model, score_threshold=None, top_k=None):
+        c = model.config
+        thr = c.test_score_threshold if score_threshold is None else score_threshold
+        if thr != 0.5:  # every other filter misses the structure
+            return SimpleNamespace(labels=np.zeros_like(truth))
+        return SimpleNamespace(labels=truth if c.test_roi_margin >= 4 else cut)
+
+    monkeypatch.setattr("napari_roiseg.segment.segment_array", fake_segment)
+    from src_model.config import get_preset
+
+    model = SimpleNamespace(config=get_preset("fast", test_score_threshold=0.9))
+    chosen = compare.tune_test_time(model, truth, truth)
+    assert (chosen["score_threshold"], chosen["test_roi_margin"]) == (0.5, 4)
+    assert model.config.test_score_threshold == 0.5 and model.config.test_roi_margin == 4
+    assert len(chosen["validation"]) == 40 and len(chosen["validation_margin"]) == 4
+
+
 def _results(tmp_path, name, archs, steps=300):
     rows = [{"arch": a, "method": compare.METHODS[a][0], "seg_loss": "ce", "params": 1e6,
              "train_seconds": 1.0, "ms_per_slice": 2.0,
