@@ -55,7 +55,7 @@ class FinetuneConfig:
     """Fine-tuning settings. ``epochs`` (when set) overrides ``steps``: one epoch is one pass over
     the training slices. ``eval_every`` 0 validates about 20 times per run. ``anchors``: "auto"
     refits the RPN anchors to the training slices' boxes when the model's own match them poorly
-    (``src_model.anchor_fit.adapt_config_anchors``), "fit" always, "keep" never."""
+    (``src_model.anchor_fit.adapt_model_anchors``), "fit" always, "keep" never."""
 
     steps: int = 60
     epochs: float | None = None
@@ -191,33 +191,6 @@ def check_labels_shape(image_shape: Sequence[int], labels_shape: Sequence[int]) 
             "the Labels layer made for this image, or segment it first to get one")
 
 
-def adapt_anchors(net: Any, labels: Any, mode: str = "auto") -> tuple[Any, dict | None]:
-    """``net`` (RPN-FCN) with its RPN anchors fitted to the boxes of ``labels`` ((S, H, W), or a
-    list of such volumes) when ``mode`` is "fit", or "auto" and its own anchors match those
-    boxes poorly; the same number of sizes and ratios, so every weight is reused (the model is
-    rebuilt and loads them). Returns ``(model, info)``; info None for models without an RPN or
-    without labelled boxes."""
-    if mode not in ("auto", "fit", "keep"):
-        raise ValueError(f"anchors must be 'auto', 'fit' or 'keep', got {mode!r}")
-    config = getattr(net, "config", None)
-    if mode == "keep" or config is None or config.arch != "rpn_fcn":
-        return net, None
-    from src_model.anchor_fit import adapt_config_anchors, boxes_from_labels
-
-    volumes = labels if isinstance(labels, (list, tuple)) else [labels]
-    boxes = np.concatenate([boxes_from_labels(v) for v in volumes])
-    if not len(boxes):
-        return net, None
-    new, info = adapt_config_anchors(config, boxes, below=2.0 if mode == "fit" else None)
-    if not info["refit"]:
-        return net, info
-    from src_model.model import build_model
-
-    rebuilt = build_model(new)
-    rebuilt.load_state_dict(net.state_dict())
-    return rebuilt.to(next(net.parameters()).device), info
-
-
 def _as_array(data: Any) -> np.ndarray:
     """Arrays, or the data of a napari layer (no napari import needed)."""
     if hasattr(data, "data") and hasattr(data, "name") and not isinstance(data, np.ndarray):
@@ -253,6 +226,7 @@ def iter_finetune(
     """
     import time
 
+    from src_model.anchor_fit import adapt_model_anchors
     from src_model.data import SliceDataset
     from src_model.preprocess import normalize_slices
     from src_model.train import TrainConfig, train_iter
@@ -274,7 +248,7 @@ def iter_finetune(
                          f"(0..{volume.shape[0] - 1})")
     truth[negatives] = 0
     net = copy.deepcopy(load_model(model))  # the caller's model (a version, the default) stays
-    net, anchors = adapt_anchors(net, truth[train], config.anchors)
+    net, anchors = adapt_model_anchors(net, truth[train], config.anchors)
     # Scale as inference does, with whole-volume statistics. uint8 is simply divided by 255
     # (SliceDataset does that itself), so only the slices used are converted. SliceDataset would
     # re-normalise other dtypes on the training subset alone: they go in as the whole-volume

@@ -30,8 +30,9 @@ import numpy as np
 from .config import ModelConfig
 from .data import gt_box_from_mask
 
-__all__ = ["MIN_SIZE", "MIN_STEP", "REFIT_BELOW_IOU", "adapt_config_anchors", "anchor_shape_iou",
-           "boxes_from_labels", "fit_anchors", "fit_config_anchors"]
+__all__ = ["MIN_SIZE", "MIN_STEP", "REFIT_BELOW_IOU", "adapt_config_anchors",
+           "adapt_model_anchors", "anchor_shape_iou", "boxes_from_labels", "fit_anchors",
+           "fit_config_anchors"]
 
 # px: torchvision rounds base anchors' half-sides to whole pixels, so smaller anchors at ratios
 # far from 1 collapse to zero width or height.
@@ -112,20 +113,19 @@ def anchor_shape_iou(config: ModelConfig, boxes: np.ndarray) -> np.ndarray:
 
 
 def adapt_config_anchors(config: ModelConfig, boxes: np.ndarray,
-                         below: float | None = None) -> tuple[ModelConfig, dict]:
+                         always: bool = False) -> tuple[ModelConfig, dict]:
     """``config`` with anchors fitted to ``boxes`` when its own match them poorly (median best
-    shape IoU under ``below``) and the fitted ones match better; otherwise ``config`` unchanged.
+    shape IoU under :data:`REFIT_BELOW_IOU`; ``always``: whatever they match) and the fitted
+    ones match better; otherwise ``config`` unchanged.
 
     Returns ``(config, info)``; ``info`` holds ``refit`` (bool), the median IoU ``before`` and
-    ``after``, and the anchors used, for reports and the fine-tuning summary. ``below`` None
-    is :data:`REFIT_BELOW_IOU`; above 1 it always refits (when that matches better).
+    ``after``, and the anchors used, for reports and the fine-tuning summary.
     """
-    below = REFIT_BELOW_IOU if below is None else below
     before = float(np.median(anchor_shape_iou(config, boxes))) if len(boxes) else 1.0
     info = {"refit": False, "median_iou_before": before, "median_iou_after": before,
             "anchor_sizes": list(config.anchor_sizes),
             "aspect_ratios": list(config.aspect_ratios)}
-    if not len(boxes) or before >= below:
+    if not len(boxes) or (before >= REFIT_BELOW_IOU and not always):
         return config, info
     fitted = fit_config_anchors(config, boxes)
     after = float(np.median(anchor_shape_iou(fitted, boxes)))
@@ -134,6 +134,32 @@ def adapt_config_anchors(config: ModelConfig, boxes: np.ndarray,
     info.update(refit=True, median_iou_after=after, anchor_sizes=list(fitted.anchor_sizes),
                 aspect_ratios=list(fitted.aspect_ratios))
     return fitted, info
+
+
+def adapt_model_anchors(net, labels, mode: str = "auto"):
+    """``net`` (RPN-FCN) with its RPN anchors fitted to the boxes of ``labels`` ((S, H, W), or a
+    list of such volumes) when ``mode`` is "fit", or "auto" and its own anchors match those
+    boxes poorly (:func:`adapt_config_anchors`); "keep" never. The same number of sizes and
+    ratios, so every weight is reused (the model is rebuilt and loads them). Returns
+    ``(model, info)``; info None for models without an RPN or without labelled boxes. Fine-tuning
+    and ``roiseg train`` share this rule."""
+    if mode not in ("auto", "fit", "keep"):
+        raise ValueError(f"anchors must be 'auto', 'fit' or 'keep', got {mode!r}")
+    config = getattr(net, "config", None)
+    if mode == "keep" or config is None or config.arch != "rpn_fcn":
+        return net, None
+    volumes = labels if isinstance(labels, (list, tuple)) else [labels]
+    boxes = np.concatenate([boxes_from_labels(v) for v in volumes])
+    if not len(boxes):
+        return net, None
+    new, info = adapt_config_anchors(config, boxes, always=mode == "fit")
+    if not info["refit"]:
+        return net, info
+    from .model import build_model
+
+    rebuilt = build_model(new)
+    rebuilt.load_state_dict(net.state_dict())
+    return rebuilt.to(next(net.parameters()).device), info
 
 
 def _spread_quantiles(values: np.ndarray, n: int) -> np.ndarray:

@@ -183,9 +183,9 @@ def run(argv: Sequence[str] | None = None) -> int:
             parent = None
         anchors = None
         if not any(item.startswith(("anchor_sizes=", "aspect_ratios=")) for item in args.set):
-            from ..finetune import adapt_anchors
+            from src_model.anchor_fit import adapt_model_anchors
 
-            model, anchors = adapt_anchors(model, [v.labels for v in volumes], args.anchors)
+            model, anchors = adapt_model_anchors(model, [v.labels for v in volumes], args.anchors)
         net = distributed.wrap_model(model, device)
         from src_model.data import SliceDataset
 

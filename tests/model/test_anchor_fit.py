@@ -182,5 +182,5 @@ def test_adapt_keeps_anchors_that_match_and_refits_ones_that_do_not():
     fitted, info = adapt_config_anchors(cfg, heads)
     assert info["refit"] and info["median_iou_after"] > 0.8 > info["median_iou_before"]
     assert len(fitted.anchor_sizes) == 3 and min(fitted.anchor_sizes) > 100
-    forced, info = adapt_config_anchors(cfg, phantom_boxes, below=2.0)
+    forced, info = adapt_config_anchors(cfg, phantom_boxes, always=True)
     assert forced.anchor_sizes != cfg.anchor_sizes or not info["refit"]

@@ -365,7 +365,8 @@ def test_finetune_api_rejected_version_stays_out_of_use(tmp_path, phantom, net, 
 
 
 def test_finetune_on_a_large_structure_refits_the_anchors_and_records_them(tmp_path, net):
-    from napari_roiseg.finetune import adapt_anchors, iter_finetune
+    from napari_roiseg.finetune import iter_finetune
+    from src_model.anchor_fit import adapt_model_anchors as adapt_anchors
 
     image = np.random.default_rng(0).integers(0, 255, (4, 128, 96), dtype=np.uint8)
     labels = np.zeros_like(image)
