@@ -144,8 +144,8 @@ class RoiRefineHead(nn.Module):
         mask = self.cell_mask(features, rois)
         h, w = int(image_size[0]), int(image_size[1])
         logits = features.new_zeros((features.shape[0], self.score.out_channels, h, w))
-        window = _active_window(mask)
-        if window is None:  # no ROI in the batch: nothing to draw, the decoder never runs
+        bounds = _active_window(mask)
+        if bounds is None:  # no ROI in the batch: nothing to draw, the decoder never runs
             return logits + 0.0 * self.score.bias.sum()  # keeps the graph for backward
         # Every level runs on its own window: the bounding rectangle of its active cells
         # ("bounds") plus a one-cell halo of that level (all a 3x3 convolution at an active cell
@@ -154,7 +154,6 @@ class RoiRefineHead(nn.Module):
         # the coarser window scaled x2, and the up-sampled coarse values it needs are there.
         # Inputs a layer reads beyond the grid's edge are zeros, as the full convolution pads.
         # Same numbers as the full grid.
-        bounds = window
         window = _grow(bounds, 1, mask.shape[-2:])
         x = self.drop6(F.relu(_conv_on(self.fc6, features, (0, 0), bounds, mask, im2col=True)))
         x = self.drop7(F.relu(_conv_on(self.fc7, x, bounds[::2], bounds, mask, im2col=True)))
