@@ -291,6 +291,22 @@ def iter_finetune(
     return result
 
 
+def finetune_and_gate(args: tuple, kwargs: dict[str, Any]) -> Any:
+    """``iter_finetune`` and then, in the same worker thread, the gate a new version must pass
+    when the project has a locked set (``history.route_new_version``: inference on the locked
+    slices, so never on the GUI thread). Returns ``(result, decision or None, problem)``."""
+    from .project.history import route_new_version
+
+    result = yield from iter_finetune(*args, **kwargs)
+    decision = problem = None
+    if result.version:
+        try:
+            decision = route_new_version(kwargs["project"], result.version, result.model)
+        except (OSError, ValueError) as exc:
+            problem = f"The gate could not score {result.version}: {exc}"
+    return result, decision, problem
+
+
 # --------------------------------------------------------------------------- script API
 
 

@@ -7,8 +7,12 @@ its ``Animation``). So a version made by fine-tuning, or accepted by the Review 
 the next segmentation uses, in every dock and in the console, at once: with a project open the
 model *is* the project's current version, re-read from ``project.json`` before every run.
 
-No Qt here and no torch at import: a script can make a ``Session()`` without a viewer, and a
-later runner (a worker process per session) can sit behind the same object.
+Model work runs in the session's own model process (:mod:`napari_roiseg.worker`: started when
+a run first needs it, or when an image is chosen, and kept warm), so that it never competes
+with the viewer for the GIL; ``worker_mode = "thread"`` runs it in napari threads of this
+process instead (the fallback where no process can be started, and what most tests use).
+
+No Qt here and no torch at import: a script can make a ``Session()`` without a viewer.
 """
 
 from __future__ import annotations
@@ -34,6 +38,18 @@ CHECKPOINT = "checkpoint file"
 MEMORY = "in-memory model"
 PROJECT = "project version"
 DEVICES = ("auto", "cpu", "cuda")
+WORKER_MODES = ("process", "thread")
+WORKER_MODE_VARIABLE = "NAPARI_ROISEG_WORKER"  # "thread" makes threads every session's default
+
+
+def default_worker_mode() -> str:
+    """"process" where a model process can be started, unless ``NAPARI_ROISEG_WORKER=thread``."""
+    from .worker import process_available
+
+    wanted = os.environ.get(WORKER_MODE_VARIABLE, "process").strip().lower() or "process"
+    if wanted not in WORKER_MODES:
+        raise ValueError(f"{WORKER_MODE_VARIABLE}={wanted!r}: expected 'process' or 'thread'")
+    return wanted if process_available() else "thread"
 
 
 class SessionEvents:
@@ -84,6 +100,48 @@ class Session:
         self._load_lock = threading.Lock()
         self.results: dict[Any, Any] = {}  # per image layer: its segmentation so far (GUI side)
         self.extras: dict[str, Any] = {}  # objects of the GUI side kept per session (runner)
+        self._worker_mode = default_worker_mode()
+        self._process: Any = None  # the ProcessWorker, made on first use
+        self._snapshot: tuple[int, Path] | None = None  # (id of the in-memory model, its file)
+
+    # ------------------------------------------------------------------ where models run
+
+    @property
+    def worker_mode(self) -> str:
+        """"process" (model work in the session's model process) or "thread" (napari
+        threads of this process)."""
+        return self._worker_mode
+
+    @worker_mode.setter
+    def worker_mode(self, mode: str) -> None:
+        from .worker import process_available
+
+        if mode not in WORKER_MODES:
+            raise ValueError(f"worker_mode must be 'process' or 'thread', not {mode!r}")
+        if mode == "process" and not process_available():
+            raise ValueError("a model process cannot be started on this platform: use 'thread'")
+        self._worker_mode = mode
+
+    @property
+    def uses_process(self) -> bool:
+        return self._worker_mode == "process"
+
+    def process_worker(self, start: bool = False) -> Any:
+        """The session's :class:`~napari_roiseg.worker.ProcessWorker` (made on first use;
+        ``start``: start its process now, so the first run finds it warm)."""
+        if self._process is None:
+            from .worker import ProcessWorker
+
+            self._process = ProcessWorker()
+        if start:
+            self._process.start()
+        return self._process
+
+    def close(self) -> None:
+        """Stop the model process and remove its shared files (the viewer is closing)."""
+        if self._process is not None:
+            self._process.shutdown()
+            self._process = None
 
     # ------------------------------------------------------------------ layers
 
@@ -154,6 +212,7 @@ class Session:
         from .model_info import describe_model
 
         self._memory = (net, describe_model(net, None, description))
+        self._snapshot = None
         self.choose_model(MEMORY)
 
     @property
@@ -253,6 +312,45 @@ class Session:
                     and self.checkpoint.is_file() else "choose a checkpoint file (.pt)")
         return "shipped default (loads on first run)"
 
+    def model_spec(self) -> tuple:
+        """The model the next run uses, as the model process loads it: ``("default",)``,
+        ``("file", path, mtime)`` or ``("project", folder, version)``. Loads nothing here,
+        except for a project without versions (its v000 is saved first) or an in-memory model
+        (written once to a checkpoint file in the session's scratch folder)."""
+        from .segment import default_checkpoint
+
+        key = self._wanted()
+        if key[0] == PROJECT:
+            if key[2] is None:
+                self.model()
+                key = self._loaded[0]
+            return ("project", key[1], key[2])
+        if key[0] == MEMORY:
+            return ("file", str(self._memory_snapshot()), 0)
+        path = self.checkpoint if key[0] == CHECKPOINT else default_checkpoint()
+        if path is None or not path.is_file():
+            self._load(key)  # raises the message that says what to choose
+        if key[0] == CHECKPOINT:
+            return ("file", str(path.resolve()), path.stat().st_mtime_ns)
+        return ("default",)
+
+    def _memory_snapshot(self) -> Path:
+        net = self._memory[0]
+        if self._snapshot is None or self._snapshot[0] != id(net):
+            from .api import prepare_torch_import
+
+            prepare_torch_import()
+            from src_model.checkpoint import CheckpointError, save_checkpoint
+
+            path = self.process_worker().arrays.folder / f"memory-{id(net):x}.pt"
+            try:
+                save_checkpoint(path, net, {"source": self._memory[1]})
+            except CheckpointError as exc:
+                raise ValueError(f"the in-memory model cannot go to the model process ({exc}); "
+                                 "set session.worker_mode = 'thread' to run it here") from exc
+            self._snapshot = (id(net), path)
+        return self._snapshot[1]
+
     def use_version(self, name: str) -> Any:
         """Make project version ``name`` current (roll back or forward) and return its model."""
         if self.project is None:
@@ -273,10 +371,12 @@ class Session:
                 self._loaded = ((PROJECT, str(self.project.folder), name), net, text)
         self.events.model.emit(self.model_text())
 
-    def training_start(self) -> tuple[Any, str]:
+    def training_start(self, load: bool = True) -> tuple[Any, str]:
         """``(model, parent version)`` a fine-tune starts from, in the open project: its
         current version, or the model chosen instead, saved as a new version first so that
-        the parent recorded is the weights trained."""
+        the parent recorded is the weights trained. ``load=False``: the model as
+        :meth:`model_spec` describes it (for the model process), loaded here only if it
+        must be saved as a version first."""
         if self.project is None:
             raise ValueError("no project is open: fine-tuning saves versions in one")
         if self.source != PROJECT and self.project.current_version is not None:
@@ -287,6 +387,9 @@ class Session:
                                            "source": describe_model(net, None, self.source)})
             self.version_added(self.project.current_version, net, True)
         self.source = PROJECT
+        if not load:
+            spec = self.model_spec()  # a project without versions gets its v000 here
+            return spec, self.project.current_version
         net = self.model()
         return net, self._loaded[0][2]
 

@@ -19,6 +19,11 @@ import sys
 import pytest
 import torchvision  # noqa: F401
 
+# Sessions run models in napari threads unless a test asks for the model process: most tests
+# hand the widgets an in-memory model with hooks, and a process costs seconds to start.
+# tests/napari_roiseg/test_worker_process.py covers the process path.
+os.environ.setdefault("NAPARI_ROISEG_WORKER", "thread")
+
 QT_FIXTURES = {"make_napari_viewer", "make_napari_viewer_proxy", "qtbot", "qapp", "viewer_model"}
 NO_DISPLAY_REASON = (
     "no display: GUI tests skipped (install Xvfb, e.g. `apt install xvfb`, for pytest-xvfb to "

@@ -24,6 +24,7 @@ class CompareLayers:
     def __init__(self, viewer: Any) -> None:
         self.viewer = viewer
         self.layers: dict[str, Any] = {}
+        self.pending: list = []  # the layer changes still to make (one per event-loop turn)
 
     def show(self, image: Any, k: int, out: dict[str, Any], sync: bool = True) -> dict[str, Any]:
         """Show each version's mask (contours) and boxes of slice ``k`` in the compare layers.
@@ -46,6 +47,8 @@ class CompareLayers:
                       lambda r=role, b=boxes: setattr(self.layers[f"compare {r} boxes"],
                                                       "data", list(box_rectangles(b, 3)))]
             shown[role] = {"version": version, "area": int(mask.sum()), "boxes": len(rows)}
+        self.pending = steps
+
         def run(rest: list) -> None:
             while rest:
                 rest.pop(0)()

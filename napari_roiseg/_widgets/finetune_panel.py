@@ -17,32 +17,19 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import busy
-from ..finetune import FinetuneConfig, FinetuneResult, TrainingHistory, drain, iter_finetune
-from ..project.history import route_new_version
+from ..finetune import FinetuneConfig, FinetuneResult, TrainingHistory, drain, finetune_and_gate
 from ..layers import as_slices, image_array
 from ..segment import check_volume
 from ..session import Session
 from ..io.volumes import check_finite
 from .corrections_panel import CorrectionsPanel
 from .hooks import Panel, ViewerHooks
+from ..worker import worker_safe
+from ..worker.remote import remote_finetune
 from .plots import HistoryCanvas
 from .project_panel import ensure_project
 
 LEARNING_RATES = [("1e-5", 1e-5), ("3e-5", 3e-5), ("1e-4", 1e-4), ("3e-4", 3e-4), ("1e-3", 1e-3)]
-
-
-def finetune_and_gate(args: tuple, kwargs: dict[str, Any]) -> Any:
-    """``iter_finetune`` and then, in the same worker thread, the gate a new version must pass
-    when the project has a locked set (``history.route_new_version``: inference on the locked
-    slices, so never on the GUI thread). Returns ``(result, decision or None, problem)``."""
-    result = yield from iter_finetune(*args, **kwargs)
-    decision = problem = None
-    if result.version:
-        try:
-            decision = route_new_version(kwargs["project"], result.version, result.model)
-        except (OSError, ValueError) as exc:
-            problem = f"The gate could not score {result.version}: {exc}"
-    return result, decision, problem
 
 
 class FinetunePanel(Panel):
@@ -120,8 +107,8 @@ class FinetunePanel(Panel):
             show_warning(warning)
         if ensure_project(self.session) is None:
             return None
-        try:
-            net, parent = self.session.training_start()
+        try:  # the model process loads the model itself: here only what it is
+            net, parent = self.session.training_start(load=not self._remote(sync))
         except (OSError, ValueError, TypeError) as exc:
             show_error(f"Could not load the model: {exc}")
             return None
@@ -164,8 +151,15 @@ class FinetunePanel(Panel):
             return None
         from napari.qt.threading import create_worker
 
+        job: Any = finetune_and_gate
+        if self._remote(sync):
+            job, args = remote_finetune, (self.session, *args[:-1])
+            kwargs = {"config": config, "negatives": kwargs["negatives"], "parent": parent}
+        else:
+            args = (args, kwargs)
+            kwargs = {}
         self.worker = create_worker(
-            finetune_and_gate, args, kwargs, _ignore_errors=True,
+            worker_safe(job), *args, **kwargs, _ignore_errors=True,
             _connect={"yielded": self._on_record, "returned": self._on_result,
                       "errored": self._on_error, "finished": self._on_finished})
         return self.worker
@@ -174,7 +168,12 @@ class FinetunePanel(Panel):
         """Stop after the step in progress; the best weights so far become the new version."""
         if self.worker is not None:
             self._stop.set()
+            if self.session.uses_process:
+                self.session.process_worker().cancel(kill_after_s=None)  # keeps the best weights
             self._status.value = "stopping after this step…"
+
+    def _remote(self, sync: bool) -> bool:
+        return self.session.uses_process and not sync
 
     def _on_record(self, record: Any) -> None:
         self.history.add(record)

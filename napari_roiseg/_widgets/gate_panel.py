@@ -192,7 +192,13 @@ class GatePanel(Container):
             return None
         tolerance, device = float(self._tolerance.value), self.session.device
 
+        session = self.session
+
         def job() -> GateDecision:
+            if session.uses_process and not sync:
+                return session.process_worker().call(
+                    "gate", project=str(history.project.folder), candidate=name,
+                    tolerance=tolerance, override=override or None, device=device)
             from ..api import prepare_torch_import
 
             prepare_torch_import()
@@ -222,22 +228,20 @@ class GatePanel(Container):
         plane, project = np.array(volume[[k]], copy=True), self.session.project
         current = project.current_version
 
+        versions = [(role, v) for role, v in (("candidate", name), ("current", current)) if v]
+        worker = self.session.process_worker() if self.session.uses_process and not sync else None
+
         def job() -> dict[str, Any]:
-            from ..api import prepare_torch_import
+            from src_model.preprocess import intensity_range
 
-            prepare_torch_import()
-            from src_model.predict import predict
-            from src_model.preprocess import intensity_range, normalize_slices
+            kwargs = {"project": str(project.folder), "plane": plane, "k": k,
+                      "value_range": intensity_range(volume), "versions": versions}
+            if worker is not None:
+                return worker.call("compare", **kwargs)
+            from ..worker.jobs import compare
+            from ..worker.child import JobContext
 
-            from ..segment import result_boxes
-
-            images = normalize_slices(plane, intensity_range(volume))
-            out = {}
-            for role, version in (("candidate", name), ("current", current)):
-                if version is not None:
-                    result = predict(project.load_version(version), images, normalize=False)[0]
-                    out[role] = (version, result["mask"], result_boxes(k, result))
-            return out
+            return compare(JobContext(None), **kwargs)
 
         def show(out: dict[str, Any]) -> dict[str, Any]:
             shown = self.compare_view.show(image, k, out, sync)

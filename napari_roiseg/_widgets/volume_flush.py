@@ -183,7 +183,10 @@ class VolumeFlush:
         if self.worker is not None and self._run is not None:
             self._run.cancelled = True
             self.status.emit("cancelling after this batch…")
-            self.worker.quit()
+            if self.session.uses_process and not self._sync:  # stops within a second
+                self.session.process_worker().cancel()
+            else:
+                self.worker.quit()
 
     def _end_run(self, run: VolumeRun | None) -> None:
         """Let go of everything a volume run holds (the run lock, the GC freeze, napari's

@@ -26,6 +26,8 @@ from ..layers import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, ResultLayers, image
 from ..segment import VolumeSegmentation, check_volume, iter_segment
 from ..session import PROJECT, Session
 from ..io.volumes import check_finite
+from ..worker import worker_safe
+from ..worker.remote import remote_segment
 from .pickers import shown_slice
 from .volume_flush import VolumeFlush, VolumeRun, _with_torch_threads
 
@@ -127,8 +129,9 @@ class Segmenter(VolumeFlush):
         self._adopt(kept, only_if_unset=True)
         return kept
 
-    def _prepare(self) -> tuple[Any, ImageResult, Any, str] | None:
-        """Check the inputs, load the model, get the output layers ready; notify on problems."""
+    def _prepare(self, sync: bool = True) -> tuple[Any, ImageResult, Any, str] | None:
+        """Check the inputs, load the model (or, for the model process, describe it), get the
+        output layers ready; notify on problems."""
         layer = self.session.image_layer
         if layer is None:
             show_error("No image to segment: open a volume (File > Open, or File > Open Sample > "
@@ -141,18 +144,19 @@ class Segmenter(VolumeFlush):
         except (TypeError, ValueError) as exc:
             show_error(f"Cannot segment '{layer.name}': {exc}")
             return None
-        try:
-            net = self.session.model()
+        remote = self.session.uses_process and not sync
+        try:  # the model process loads the model itself: here only what it is
+            net = self.session.model_spec() if remote else self.session.model()
         except Exception as exc:  # GUI boundary: any failure becomes a message, never a crash
             show_error(f"Could not load the model: {exc}")
             return None
-        try:
-            device = self.session.resolve_device()
+        try:  # the model process checks the device itself (no torch import here)
+            device = self.session.device if remote else self.session.resolve_device()
         except Exception as exc:  # e.g. cuda asked for on a machine without a GPU
             show_error(f"Device '{self.session.device}' cannot be used: {exc}")
             return None
         kept = self._result(layer, volume.shape)
-        if kept.model is not net:
+        if kept.model is not net and kept.model != net:
             kept.result.done[:] = False
             kept.model = net
         project = self.session.project
@@ -212,7 +216,7 @@ class Segmenter(VolumeFlush):
         if token is None:
             show_error(busy.refusal("segmenting"))
             return None
-        prepared = self._prepare()
+        prepared = self._prepare(sync)
         if prepared is None:
             self.session.end_run(token)
             return None
@@ -244,8 +248,10 @@ class Segmenter(VolumeFlush):
             return None
         from napari.qt.threading import create_worker
 
-        job = iter_segment
-        if str(device).startswith("cpu"):
+        job, args = iter_segment, (volume, net)
+        if self.session.uses_process:
+            job, args = remote_segment, (self.session, volume, net)
+        elif str(device).startswith("cpu"):
             import torch
 
             cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -253,7 +259,7 @@ class Segmenter(VolumeFlush):
             job = _with_torch_threads(iter_segment, torch.get_num_threads(), cores - self.GUI_CORES)
         # _connect wires the signals, then starts the thread; they arrive queued in this thread
         worker = self.worker = create_worker(
-            job, volume, net, _ignore_errors=True, _start_thread=False, **kwargs,
+            worker_safe(job), *args, _ignore_errors=True, _start_thread=False, **kwargs,
             _connect={"yielded": self._on_progress, "errored": self._on_error,
                       "aborted": self._on_aborted, "finished": self._on_finished})
         # A full garbage collection of the napari process takes ~300 ms here: what exists now
