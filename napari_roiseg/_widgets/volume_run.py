@@ -127,6 +127,8 @@ class Segmenter(VolumeFlush):
         except Exception:  # GUI boundary, silent by design: a run reports the problem
             return None
         self._adopt(kept, only_if_unset=True)
+        if self.session.uses_process:  # the model process imports torch while one looks
+            self.session.process_worker(start=True)
         return kept
 
     def _prepare(self, sync: bool = True) -> tuple[Any, ImageResult, Any, str] | None:

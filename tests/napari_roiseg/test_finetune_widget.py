@@ -232,10 +232,7 @@ def test_finetune_after_the_review_gate_trains_the_version_it_made_current(
         started_from.append((args[4], kwargs.get("parent")))
         return (yield from real(*args, **kwargs))
 
-    monkeypatch.setattr(finetune_module, "iter_finetune", spy)
-    import napari_roiseg._widgets.finetune_panel as panel_module
-
-    monkeypatch.setattr(panel_module, "iter_finetune", spy)
+    monkeypatch.setattr(finetune_module, "iter_finetune", spy)  # finetune_and_gate's
     _correct(labels, phantom, [2, 4, 9])
     widget.refresh_corrections()
     widget.correct._val_text.value = "none"

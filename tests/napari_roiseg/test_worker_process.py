@@ -250,3 +250,32 @@ def test_a_killed_model_process_is_one_message_and_loses_nothing(long_run, qtbot
     assert dock.segment.run_volume() is not None  # the next run starts a new process
     qtbot.waitUntil(lambda: not runner.busy, timeout=120_000)
     assert runner.last_run.done == runner.last_run.total and worker.starts == 2
+
+
+def test_a_runtime_error_in_a_threaded_run_ends_the_run(make_napari_viewer, qtbot,
+                                                        untrained_model):
+    """napari's generator workers take a RuntimeError for a deleted worker and never emit
+    ``finished``; torch raises many. The run must still end and give the run lock back."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_roiseg._widgets import RoisegDock
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.random.default_rng(0).integers(0, 255, (4, 64, 48), np.uint8),
+                             name="scan")
+
+    def broken(*_args):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    net = untrained_model()
+    net.register_forward_pre_hook(broken)
+    dock = RoisegDock(viewer, model=net)
+    assert dock.session.worker_mode == "thread"  # the suite's default (tests/conftest.py)
+    dock.session.image_layer = image
+    start = len(notification_manager.records)
+    assert dock.segment.run_volume() is not None
+    qtbot.waitUntil(lambda: not dock.segment.runner.busy, timeout=30_000)
+    assert dock.session.running() is None
+    messages = [str(n.message) for n in notification_manager.records[start:]]
+    assert any("illegal memory access" in m for m in messages)
+    assert dock.segment.runner.last_run.error
