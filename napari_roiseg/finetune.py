@@ -111,26 +111,28 @@ class TrainingHistory:
 _COLOURS = {"dice": "tab:blue", "precision": "tab:orange", "recall": "tab:green"}
 
 
-def draw_history(figure: Any, history: TrainingHistory, title: str | None = None) -> None:
+def draw_history(figure: Any, history: TrainingHistory, title: str | None = None) -> dict:
     """Draw ``history`` on a matplotlib ``Figure``: loss on top; validation dice, precision and
     recall (per-slice mean) below, with their before-training values dashed and the best step
-    dotted. Imports matplotlib only here."""
+    dotted. Imports matplotlib only here. Returns the artists a live view updates in place
+    (``loss``, ``dice`` / ``precision`` / ``recall``, ``best``: None without a best step)."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     figure.clear()
     ax_loss, ax_m = figure.subplots(2, 1, sharex=True)
-    ax_loss.plot(history.loss_steps, history.loss, color="0.25", lw=1)
+    [loss] = ax_loss.plot(history.loss_steps, history.loss, color="0.25", lw=1)
+    artists: dict[str, Any] = {"loss": loss, "best": None}
     ax_loss.set_ylabel("loss")
     if title:
         ax_loss.set_title(title, fontsize=9)
     for name, colour in _COLOURS.items():
-        ax_m.plot(history.metric_steps, getattr(history, name), "o-", color=colour, ms=3, lw=1.2,
-                  label=name)
+        [artists[name]] = ax_m.plot(history.metric_steps, getattr(history, name), "o-",
+                                    color=colour, ms=3, lw=1.2, label=name)
         if history.before is not None:
             ax_m.axhline(history.before[name], color=colour, ls="--", lw=0.8, alpha=0.7)
     if history.best_step is not None and history.metric_steps:
-        ax_m.axvline(history.best_step, color="0.5", ls=":", lw=0.8)
+        artists["best"] = ax_m.axvline(history.best_step, color="0.5", ls=":", lw=0.8)
     ax_m.set_ylim(-0.02, 1.02)
     ax_m.set_xlim(0, max(1, history.total_steps))
     ax_m.set_xlabel("step")
@@ -146,6 +148,7 @@ def draw_history(figure: Any, history: TrainingHistory, title: str | None = None
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     figure.tight_layout()
+    return artists
 
 
 @dataclass

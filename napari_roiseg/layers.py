@@ -396,8 +396,20 @@ class ResultLayers:
             target = self._as_volume(self.labels_layer.data)
             target[index] = labels[index]
             self._written[index] = labels[index]
-            self.labels_layer.refresh()
+            if self._shows_any(index):  # napari reads the others from the data when shown
+                self.labels_layer.refresh()
         return message
+
+    def _shows_any(self, index: np.ndarray) -> bool:
+        """Whether the viewer draws one of slices ``index`` of the mask now: only a 3D
+        mask seen slice by slice along its first axis can skip the redraw (30-60 ms with
+        software OpenGL, per batch of a volume run) of slices it does not show."""
+        dims, layer = getattr(self.viewer, "dims", None), self.labels_layer
+        if (dims is None or layer.ndim != 3 or dims.ndim != 3 or dims.ndisplay != 2
+                or tuple(dims.displayed) != (1, 2)):
+            return True
+        shown = int(np.round(layer.world_to_data(dims.point)[0]))
+        return bool(np.isin(shown, index))
 
     def set_stats(self, stats: np.ndarray | None) -> None:
         """Keep per-slice review rows (``VolumeSegmentation.stats``) in the mask layer's

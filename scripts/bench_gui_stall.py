@@ -133,15 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     def running() -> bool:
         return session.running() is not None
 
-    def finetune() -> Any:
+    def correct() -> None:  # what the annotator did before clicking Start (not timed)
         mask = session.mask_layer
-        for k in corrected:  # the annotator's corrections (the same ones every time)
+        for k in corrected:  # the same corrections every time
             mask.data[k] = ph.labels[k]
         mask.refresh()
         dock.correct.refresh_corrections()
         project.set_current("v000")  # every fine-tune starts from the same version
         tune._amount.value, tune._unit.value = args.finetune_steps, "steps"
-        return tune.start()
+        for _ in range(20):
+            app.processEvents()
 
     competing = contenders(args.contend)
     rows = []
@@ -152,16 +153,20 @@ def main(argv: list[str] | None = None) -> int:
               f"processes; {len(corrected)} corrected slices", flush=True)
         for mode in args.workers:
             session.worker_mode = mode
-            plan = [("warm-up segmentation", runner.run_volume, lambda: runner.busy, False)]
+            plan = [("warm-up segmentation", None, runner.run_volume, lambda: runner.busy,
+                     False)]
             # all segmentations first: once corrected, the mask is left alone and the next
             # run writes to a new layer, whose making is not what is probed here
-            plan += [("segment volume", runner.run_volume, lambda: runner.busy, True)] * args.runs
+            plan += [("segment volume", None, runner.run_volume, lambda: runner.busy,
+                      True)] * args.runs
             if args.finetune_steps:
-                plan += [(f"fine-tune {args.finetune_steps} steps", finetune,
+                plan += [(f"fine-tune {args.finetune_steps} steps", correct, tune.start,
                           lambda: tune.worker is not None, True)] * args.runs
-            plan += [("gate candidate", gate.gate, running, True),
-                     ("compare on slice", gate.compare, running, True)]
-            for name, start, busy, counted in plan:
+            plan += [("gate candidate", None, gate.gate, running, True),
+                     ("compare on slice", None, gate.compare, running, True)]
+            for name, prepare, start, busy, counted in plan:
+                if prepare is not None:
+                    prepare()
                 gaps, seconds, start_ms = measure(app, args.interval_ms, start, busy)
                 if counted:
                     rows.append((mode, name, seconds, start_ms, gaps))

@@ -35,7 +35,8 @@ from .child import receive, send
 __all__ = ["DEFAULT_NICE", "JobError", "JobKilled", "ProcessWorker", "WorkerCrashed",
            "process_available", "worker_safe"]
 
-DEFAULT_NICE = 10  # the model process yields the CPU to the viewer (and to other programs)
+DEFAULT_NICE = 5  # the model process yields the CPU to the viewer (and to other programs)
+NICE_VARIABLE = "NAPARI_ROISEG_WORKER_NICE"  # overrides DEFAULT_NICE
 KILL_AFTER_S = 1.0  # a cancelled job that has not stopped by then is killed
 POLL_S = 0.05
 
@@ -105,16 +106,19 @@ class ProcessWorker:
 
     Parameters
     ----------
-    nice : int
-        Added to the process's nice value (lower CPU priority than the viewer).
+    nice : int, optional
+        Added to the process's nice value (lower CPU priority than the viewer); default
+        ``NAPARI_ROISEG_WORKER_NICE`` or :data:`DEFAULT_NICE`.
     threads : int, optional
         torch threads in the process (default: torch's, one per core).
     eager : bool
         Import torch as soon as the process starts (False: with the first job that needs it).
     """
 
-    def __init__(self, nice: int = DEFAULT_NICE, threads: int | None = None,
+    def __init__(self, nice: int | None = None, threads: int | None = None,
                  eager: bool = True) -> None:
+        if nice is None:
+            nice = int(os.environ.get(NICE_VARIABLE, DEFAULT_NICE))
         self.nice, self.threads, self.eager = nice, threads, eager
         self._process: subprocess.Popen | None = None
         self._conn: Any = None
