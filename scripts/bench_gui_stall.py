@@ -58,8 +58,49 @@ def measure(app: Any, interval_ms: int, start: Callable[[], Any],
         time.sleep(0.01)
     timer.stop()
     ticks = [t for t in ticks if t > t0]
-    gaps = np.diff(np.asarray([t0, *ticks])) * 1000
+    times = np.asarray([t0, *ticks])
+    gaps = np.diff(times) * 1000
+    measure.last_times = times  # type: ignore[attr-defined]  (for --why)
     return gaps, finished[0] - t0, 1000 * (t_started - t0)
+
+
+class StackSampler:
+    """Samples the GUI thread's Python stack every ``every_s`` from another thread, so that
+    the long gaps can be attributed (``--why``): for each gap, the innermost frames of this
+    project, napari, vispy or matplotlib seen during it."""
+
+    def __init__(self, every_s: float = 0.005) -> None:
+        import threading
+
+        self.samples: list[tuple[float, str]] = []
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._every = every_s
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import traceback
+
+        while not self._stop.wait(self._every):
+            frame = sys._current_frames().get(self._main)
+            if frame is None:
+                continue
+            stack = traceback.extract_stack(frame)
+            keep = [f for f in stack if any(k in f.filename for k in (
+                "napari_roiseg", "napari/", "vispy", "matplotlib", "superqt", "magicgui"))]
+            where = keep[-1] if keep else stack[-1]
+            self.samples.append((time.perf_counter(),
+                                 f"{where.filename.split('site-packages/')[-1]}:{where.lineno} "
+                                 f"{where.name}"))
+
+    def during(self, t0: float, t1: float) -> list[tuple[str, int]]:
+        from collections import Counter
+
+        return Counter(w for t, w in self.samples if t0 <= t <= t1).most_common(3)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def contenders(n: int) -> list[subprocess.Popen]:
@@ -72,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=256)
     p.add_argument("--runs", type=int, default=5, help="segmentations and fine-tunes per path")
     p.add_argument("--finetune-steps", type=int, default=100, help="0: no fine-tune rows")
+    p.add_argument("--finetune-runs", type=int, default=None,
+                   help="fine-tunes per path (default: --runs)")
     p.add_argument("--contend", type=int, default=0, metavar="N",
                    help="busy-loop processes competing for the CPU during the probe")
     p.add_argument("--workers", nargs="+", default=["process", "thread"],
@@ -80,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="0: segment.default_batch_size")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--interval-ms", type=int, default=10)
+    p.add_argument("--why", action="store_true",
+                   help="sample the GUI thread's stack and print what it did in gaps > 100 ms")
     args = p.parse_args(argv)
 
     from napari_roiseg.api import prepare_torch_import
@@ -144,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(20):
             app.processEvents()
 
+    sampler = StackSampler() if args.why else None
     competing = contenders(args.contend)
     rows = []
     try:
@@ -161,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                       True)] * args.runs
             if args.finetune_steps:
                 plan += [(f"fine-tune {args.finetune_steps} steps", correct, tune.start,
-                          lambda: tune.worker is not None, True)] * args.runs
+                          lambda: tune.worker is not None, True)] * (
+                    args.runs if args.finetune_runs is None else args.finetune_runs)
             plan += [("gate candidate", None, gate.gate, running, True),
                      ("compare on slice", None, gate.compare, running, True)]
             for name, prepare, start, busy, counted in plan:
@@ -170,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
                 gaps, seconds, start_ms = measure(app, args.interval_ms, start, busy)
                 if counted:
                     rows.append((mode, name, seconds, start_ms, gaps))
+                if sampler is not None:
+                    times = measure.last_times  # type: ignore[attr-defined]
+                    for i in np.flatnonzero(gaps > 100):
+                        print(f"    gap {gaps[i]:.0f} ms at +{times[i] - times[0]:.2f} s: "
+                              f"{sampler.during(times[i], times[i + 1])}")
                 print(f"  {mode} {name}: {seconds:.1f} s, max gap {gaps.max():.0f} ms, median "
                       f"{np.median(gaps):.0f} ms", flush=True)
     finally:

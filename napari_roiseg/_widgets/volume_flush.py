@@ -5,11 +5,13 @@ Measured with ``scripts/bench_gui_stall.py`` (software OpenGL, 2 cores):
 - the result layers are made when the image is chosen, not when the run starts (creating a
   layer costs 0.1-0.3 s);
 - each batch's boxes are added to the Shapes layer (a few ms) instead of rebuilding it (all
-  rectangles re-triangulated: 55 ms for 140), at most every ``BOXES_EVERY_S``, in a turn of the
-  event loop of their own: the redraw a slot asks for runs in the same turn (30 ms for the mask;
+  rectangles re-triangulated: 55 ms for 140), only once the slice shown is done (else at the
+  end), at most every ``BOXES_EVERY_S``, in a turn of the event loop of their own: the redraw a slot asks for runs in the same turn (30 ms for the mask;
   60 ms once the boxes changed, since vispy recompiles the Shapes layer's two mesh shaders);
 - napari's activity progress bar, whose update runs ``QApplication.processEvents()`` and so a
-  redraw in the same slot, is updated at most once every ``ACTIVITY_EVERY_S``;
+  redraw in the same slot, is updated at most once every ``ACTIVITY_EVERY_S``, and the dock's
+  progress bar at most every ``PROGRESS_EVERY_S`` (with napari's OpenGL canvas in the window,
+  Qt composes the whole window for any widget's repaint);
 - the score text of the boxes is hidden during the run (~40 ms more per redraw).
 
 Worker signals arrive in the GUI thread in order (every finished batch is yielded before
@@ -28,6 +30,8 @@ from typing import Any
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
+
+from .pickers import shown_slice
 
 
 def _with_torch_threads(job: Any, default: int, at_most: int) -> Any:
@@ -65,6 +69,7 @@ class VolumeRun:
     gc_frozen: bool = False  # gc.freeze() was called for the run (undone when it ends)
     pbar_n: int = 0  # slices shown by napari's activity progress bar
     pbar_at: float = 0.0  # time.monotonic() of its last update
+    progress_at: float = 0.0  # time.monotonic() of the last progress signal
     cancelled: bool = False
     error: str | None = None
     pbar: Any = None
@@ -76,6 +81,7 @@ class VolumeFlush:
     signals and ``_complete``."""
 
     ACTIVITY_EVERY_S = 1.0
+    PROGRESS_EVERY_S = 0.5
     ACTIVITY_DELAY_MS = 100
     BOXES_EVERY_S = 1.0
 
@@ -114,7 +120,10 @@ class VolumeFlush:
         try:
             while run.done < run.reported:
                 start, run.done = run.done, run.reported
-                self.progress.emit(run.done, run.total)
+                now = time.monotonic()
+                if now - run.progress_at >= self.PROGRESS_EVERY_S or run.done >= run.total:
+                    run.progress_at = now  # each repaint of the dock costs the window a frame
+                    self.progress.emit(run.done, run.total)
                 self._notify(run.kept.layers.write_slices(run.kept.result.labels,
                                                           range(start, run.done)))
                 now = time.monotonic()
@@ -126,10 +135,22 @@ class VolumeFlush:
             self._flushing = False
         if self._finish_pending:
             self._on_finished()
-        elif (not run.boxes_due and run.boxes_upto < run.done
+        elif (not run.boxes_due and run.boxes_upto < run.done and self._boxes_shown(run)
               and time.monotonic() - run.boxes_at >= self.BOXES_EVERY_S):
             run.boxes_due = True
             self._later(lambda: self._draw_boxes(run))
+
+    def _boxes_shown(self, run: VolumeRun) -> bool:
+        """Whether the boxes not drawn yet include some the viewer shows. Seen slice by slice
+        along the first axis, only the shown slice's are; the rest are drawn with it, or at
+        the end (each change of the Shapes layer costs a redraw, a shader build and a new
+        layer-list thumbnail: 100-200 ms with software OpenGL)."""
+        viewer, image = self.session.viewer, run.kept.layers.image_layer
+        dims = getattr(viewer, "dims", None)
+        if (dims is None or image is None or image.ndim != 3 or dims.ndim != 3
+                or dims.ndisplay != 2 or tuple(dims.displayed) != (1, 2)):
+            return True
+        return run.boxes_upto <= shown_slice(viewer, image) < run.done
 
     def _draw_boxes(self, run: VolumeRun) -> None:
         """Add the boxes of the slices done since the last call to the Shapes layer."""
