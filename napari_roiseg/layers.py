@@ -302,6 +302,18 @@ def _empty_layer(viewer: Any, name: str, kind: str, shape: tuple[int, ...] | Non
     return layer if empty else None
 
 
+def plane_shown(viewer: Any, layer: Any) -> int | None:
+    """The slice of the 3D ``layer`` the viewer draws when it draws exactly one 2D plane of it,
+    across its first axis; None when it may draw more (a 3D view, other displayed axes, another
+    number of dimensions, no viewer)."""
+    dims = getattr(viewer, "dims", None)
+    if (dims is None or layer is None or layer.ndim != 3 or dims.ndim != 3
+            or dims.ndisplay != 2 or tuple(dims.displayed) != (1, 2)):
+        return None
+    position = layer.world_to_data(dims.point)[0]
+    return int(np.clip(np.round(position), 0, layer.data.shape[0] - 1))
+
+
 class ResultLayers:
     """The Labels and Shapes layers that show one image's segmentation, updated run after run.
 
@@ -404,12 +416,8 @@ class ResultLayers:
         """Whether the viewer draws one of slices ``index`` of the mask now: only a 3D
         mask seen slice by slice along its first axis can skip the redraw (30-60 ms with
         software OpenGL, per batch of a volume run) of slices it does not show."""
-        dims, layer = getattr(self.viewer, "dims", None), self.labels_layer
-        if (dims is None or layer.ndim != 3 or dims.ndim != 3 or dims.ndisplay != 2
-                or tuple(dims.displayed) != (1, 2)):
-            return True
-        shown = int(np.round(layer.world_to_data(dims.point)[0]))
-        return bool(np.isin(shown, index))
+        shown = plane_shown(self.viewer, self.labels_layer)
+        return shown is None or bool(np.isin(shown, index))
 
     def set_stats(self, stats: np.ndarray | None) -> None:
         """Keep per-slice review rows (``VolumeSegmentation.stats``) in the mask layer's

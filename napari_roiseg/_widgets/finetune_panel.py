@@ -22,10 +22,10 @@ from ..layers import as_slices, image_array
 from ..segment import check_volume
 from ..session import Session
 from ..io.volumes import check_finite
-from .corrections_panel import CorrectionsPanel
-from .hooks import Panel, ViewerHooks
 from ..worker import worker_safe
 from ..worker.remote import remote_finetune
+from .corrections_panel import CorrectionsPanel
+from .hooks import Panel, ViewerHooks
 from .plots import HistoryCanvas
 from .project_panel import ensure_project
 

@@ -31,7 +31,7 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 
-from .pickers import shown_slice
+from ..layers import plane_shown
 
 
 def _with_torch_threads(job: Any, default: int, at_most: int) -> Any:
@@ -126,7 +126,6 @@ class VolumeFlush:
                     self.progress.emit(run.done, run.total)
                 self._notify(run.kept.layers.write_slices(run.kept.result.labels,
                                                           range(start, run.done)))
-                now = time.monotonic()
                 due = now - run.pbar_at >= self.ACTIVITY_EVERY_S or run.done >= run.total
                 if run.pbar is not None and due:
                     run.pbar_at, step, run.pbar_n = now, run.done - run.pbar_n, run.done
@@ -145,12 +144,8 @@ class VolumeFlush:
         along the first axis, only the shown slice's are; the rest are drawn with it, or at
         the end (each change of the Shapes layer costs a redraw, a shader build and a new
         layer-list thumbnail: 100-200 ms with software OpenGL)."""
-        viewer, image = self.session.viewer, run.kept.layers.image_layer
-        dims = getattr(viewer, "dims", None)
-        if (dims is None or image is None or image.ndim != 3 or dims.ndim != 3
-                or dims.ndisplay != 2 or tuple(dims.displayed) != (1, 2)):
-            return True
-        return run.boxes_upto <= shown_slice(viewer, image) < run.done
+        shown = plane_shown(self.session.viewer, run.kept.layers.image_layer)
+        return shown is None or run.boxes_upto <= shown < run.done
 
     def _draw_boxes(self, run: VolumeRun) -> None:
         """Add the boxes of the slices done since the last call to the Shapes layer."""

@@ -158,7 +158,7 @@ class Segmenter(VolumeFlush):
             show_error(f"Device '{self.session.device}' cannot be used: {exc}")
             return None
         kept = self._result(layer, volume.shape)
-        if kept.model is not net and kept.model != net:
+        if kept.model != net:  # a model (by identity) or the model process's description
             kept.result.done[:] = False
             kept.model = net
         project = self.session.project

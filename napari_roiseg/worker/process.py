@@ -29,6 +29,8 @@ import warnings
 from collections.abc import Generator
 from typing import Any
 
+from src_model.generators import drain
+
 from .arrays import SharedArrays
 from .child import receive, send
 
@@ -105,7 +107,8 @@ def _rebuild(name: str, message: str) -> BaseException:
 
 
 class ProcessWorker:
-    """One model process (``spawn``), started on first use and kept warm between jobs.
+    """One model process (a fresh interpreter, as ``spawn`` makes), started on first use and
+    kept warm between jobs.
 
     Parameters
     ----------
@@ -289,12 +292,7 @@ class ProcessWorker:
 
     def call(self, job: str, **kwargs: Any) -> Any:
         """:meth:`run` to its end; returns the job's return value."""
-        gen = self.run(job, **kwargs)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as end:
-                return end.value
+        return drain(self.run(job, **kwargs))
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
         try:

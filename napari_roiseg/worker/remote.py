@@ -48,8 +48,8 @@ def remote_segment(session: Any, volume: np.ndarray, model: tuple, *, device: st
                     out.boxes = np.concatenate(rows)
                 sent = done
                 yield done, total
-        except JobKilled:
-            return out
+        except JobKilled:  # a cancel that had to kill the process: the slices done stay
+            pass
         return out
     finally:
         del shared

@@ -14,6 +14,7 @@ from napari_roiseg.layers import (
     box_rectangles,
     filter_boxes,
     image_array,
+    plane_shown,
 )
 
 # rows: slice, y1, x1, y2, x2, score
@@ -205,3 +206,27 @@ def test_add_result_layers_store_the_prediction(make_napari_viewer):
     frame = viewer.add_image(np.zeros((16, 12), np.float32), name="frame")
     lab2, _ = add_result_layers(viewer, frame, labels[1], BOXES[:0])
     assert lab2.metadata[PREDICTION_KEY].shape == (1, 16, 12)  # (S, H, W), as the widgets read it
+
+
+def test_slices_written_out_of_sight_are_not_redrawn(make_napari_viewer):
+    """A volume run writes batch after batch; the mask is redrawn only for a batch holding the
+    slice shown (in world coordinates: scaled and shifted), and always in a 3D view."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((6, 16, 12), np.uint8), name="vol", scale=(2.0, 1, 1),
+                             translate=(4, 0, 0))
+    out = ResultLayers(viewer, image)
+    labels = np.ones((6, 16, 12), np.uint8)
+    out.prepare(np.zeros_like(labels))
+    viewer.dims.set_point(0, image.data_to_world((3, 0, 0))[0])
+    assert plane_shown(viewer, out.labels_layer) == plane_shown(viewer, image) == 3
+    refreshed = []
+    out.labels_layer.refresh = lambda *a, **k: refreshed.append(1)
+    out.write_slices(labels, [0, 1])
+    assert not refreshed
+    out.write_slices(labels, [2, 3])
+    assert len(refreshed) == 1
+    np.testing.assert_array_equal(out.labels_layer.data[:4], labels[:4])  # all written
+    viewer.dims.ndisplay = 3
+    assert plane_shown(viewer, image) is None
+    out.write_slices(labels, [5])
+    assert len(refreshed) == 2
