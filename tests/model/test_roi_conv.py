@@ -228,3 +228,21 @@ def test_pixel_mask_empty_and_degenerate():
     assert boxes_to_pixel_mask([], (8, 8)).shape == (0, 8, 8)
     with pytest.raises(ValueError, match=r"Tensor\[K, 4\]"):
         boxes_to_pixel_mask([torch.zeros(4)], (8, 8))
+
+
+def test_cell_rule_few_boxes_fill_equals_difference_array(monkeypatch):
+    """The CPU fast path for a few boxes (slicing) and the difference array give the same cells,
+    on the borders, off the grid, for empty images and for fractional edges at every stride."""
+    import src_model.roi_conv as rc
+
+    g = torch.Generator().manual_seed(3)
+    for stride, offset in [(16.0, 8.0), (8.0, 4.0), (2.0, 1.0), (16.0, -41.0)]:
+        xy = torch.rand(7, 2, generator=g) * 300 - 40
+        boxes = torch.cat([xy, xy + torch.rand(7, 2, generator=g) * 90 + 0.25], dim=1)
+        batch = [boxes[:3], torch.zeros((0, 4)), boxes[3:], torch.tensor([[16.0, 8.0, 32.0, 24.0]])]
+        fast = rc.boxes_to_cell_mask(batch, (23, 12), stride, offset)
+        monkeypatch.setattr(rc, "FEW_BOXES", 0)
+        slow = rc.boxes_to_cell_mask(batch, (23, 12), stride, offset)
+        monkeypatch.undo()
+        assert fast.any() and torch.equal(fast, slow)
+    assert rc._few_boxes_mask([torch.tensor([[float("nan"), 0.0, 5.0, 5.0]])], (4, 4), 16.0, 8.0) is None
