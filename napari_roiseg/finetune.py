@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -294,6 +295,22 @@ def iter_finetune(
     return result
 
 
+def _version_of(project: Project, model: Any) -> str | None:
+    """The project version whose checkpoint file ``model`` names (None for anything else)."""
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    path = Path(os.path.expanduser(os.fspath(model))).resolve()
+    return next((name for name in project.versions
+                 if project.version_path(name).resolve() == path), None)
+
+
+def _same_weights(a: Any, b: Any) -> bool:
+    """Do two models hold the same architecture and the very same weights?"""
+    sa, sb = a.state_dict(), b.state_dict()
+    return (getattr(a, "config", None) == getattr(b, "config", None) and sa.keys() == sb.keys()
+            and all(sa[k].shape == sb[k].shape and bool((sa[k] == sb[k]).all()) for k in sa))
+
+
 def finetune_and_gate(args: tuple, kwargs: dict[str, Any]) -> Any:
     """``iter_finetune`` and then, in the same worker thread, the gate a new version must pass
     when the project has a locked set (``history.route_new_version``: inference on the locked
@@ -443,9 +460,30 @@ def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any,
     elif project is not None and model is None:
         model = project.load_version()  # continue from the project's current version
         start_is_current = True
+    parent = None
+    if project is not None and not start_is_current:
+        parent = _version_of(project, model)
+        if parent is None:
+            from .segment import load_model
+
+            model = load_model(model)
+            if _same_weights(model, project.load_version()):
+                parent = project.current_version
+        if parent is None:
+            # Weights from outside the project become a version of their own first (as the
+            # docks do), so that the parent recorded is what was trained, not the current one.
+            from .model_info import describe_model
+            from .segment import load_model
+
+            source = (f"file {os.fspath(model)}" if isinstance(model, (str, os.PathLike))
+                      else "a model given to finetune()")
+            model = load_model(model)
+            parent = project.add_version(model, {"parent": None,
+                                                 "source": describe_model(model, None, source)})
+        start_is_current = parent == project.current_version
     result: FinetuneResult = drain(
         iter_finetune(image_arr, labels_arr, plan.train, plan.validation, model, config,
-                      negatives=negatives, project=project), on_progress)
+                      negatives=negatives, project=project, parent=parent), on_progress)
     decision = None
     if result.version is not None:
         # add_version made it current; with a locked set it must pass the gate like the

@@ -13,6 +13,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container
 from napari.layers import Image, Labels, Shapes
 
+from ..layers import PREDICTION_KEY
 from ..session import Session
 from .hooks import ViewerHooks
 
@@ -49,7 +50,8 @@ class LayerPickers(Container):
     """
 
     TOOLTIPS = {"image": "the volume to segment, correct and fine-tune on",
-                "mask": "the model's mask layer: the one you correct",
+                "mask": "the model's mask layer: the one you correct (a Labels layer you opened "
+                        "is used only when chosen here)",
                 "boxes": "the model's boxes (used only when the mask carries no model scores)"}
 
     def __init__(self, session: Session, show: tuple[str, ...] = ("image", "mask", "boxes"),
@@ -67,14 +69,28 @@ class LayerPickers(Container):
         self.extend(list(self.combos.values()))
         self.margins = (0, 0, 0, 0)
         self.refresh()
-        for role, combo in self.combos.items():
-            if getattr(session, f"{role}_layer") is None and combo.value is not None:
-                self._chosen(role, combo.value)  # the first of its kind, as the combo shows
+        self._choose_defaults()
         self.follow_session()
 
+    def _choose_defaults(self) -> None:
+        """Roles the session has no layer for get the first of their kind; the mask only a
+        layer the model made (a Labels layer with its prediction), never a ground truth or an
+        annotation the user opened, which a run must not adopt as the layer it corrects."""
+        for role, combo in self.combos.items():
+            if getattr(self.session, f"{role}_layer") is not None:
+                continue
+            if role == "mask":
+                made = [layer for _, layer in _layers(self.viewer, Labels)
+                        if PREDICTION_KEY in layer.metadata]
+                if made:
+                    self._chosen(role, made[0])
+            elif combo.value is not None:
+                self._chosen(role, combo.value)  # the first of its kind, as the combo shows
+
     def _choices(self, role: str) -> Any:
-        if role == "boxes":
-            return lambda _w=None: [("none", None), *_layers(self.viewer, Shapes)]
+        if role in ("boxes", "mask"):
+            kind = Shapes if role == "boxes" else Labels
+            return lambda _w=None: [("none", None), *_layers(self.viewer, kind)]
         kind = Image if role == "image" else Labels
         return lambda _w=None: _layers(self.viewer, kind)
 
@@ -98,9 +114,8 @@ class LayerPickers(Container):
     def _on_removed(self, event: Any) -> None:
         self.session.forget_layer(event.value)
         self.refresh()
-        for role, combo in self.combos.items():  # the combo moved on to another layer
-            if getattr(self.session, f"{role}_layer") is None and combo.value is not None:
-                self._chosen(role, combo.value)
+        self._choose_defaults()  # the combo moved on to another layer
+        self.follow_session()
 
     def refresh(self, _event: Any = None) -> None:
         for combo in self.combos.values():
@@ -113,7 +128,7 @@ class LayerPickers(Container):
         for role, combo in self.combos.items():
             layer = getattr(self.session, f"{role}_layer")
             choices = [c for c in combo.choices]
-            if (layer is not None or role == "boxes") and layer in choices \
+            if (layer is not None or role in ("boxes", "mask")) and layer in choices \
                     and combo.value is not layer:
                 with combo.changed.blocked():
                     combo.value = layer

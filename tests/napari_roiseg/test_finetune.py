@@ -266,6 +266,19 @@ def test_finetune_api_returns_a_usable_model(tmp_path, phantom, net):
     again = finetune(phantom.volume, phantom.labels, steps=1, batch_size=2, device="cpu",
                      validation=[], project=tmp_path / "p")  # model=None: the current version
     assert again.finetune_summary["parent"] == "v001" and again.finetune_summary["version"] == "v002"
+    # A model from outside the project is saved as a version first: it is the parent recorded,
+    # not the project's current version (v002), whose weights were not the ones trained.
+    outside = finetune(phantom.volume, phantom.labels, model=net, steps=1, batch_size=2,
+                       device="cpu", validation=[], project=tmp_path / "p")
+    versions = Project(tmp_path / "p").versions
+    assert outside.finetune_summary["parent"] == "v003" and versions["v003"]["parent"] is None
+    assert outside.finetune_summary["version"] == "v004"
+    # A version's own file names that version as the parent.
+    named = finetune(phantom.volume, phantom.labels, steps=1, batch_size=2, device="cpu",
+                     validation=[], project=tmp_path / "p",
+                     model=Project(tmp_path / "p").version_path("v001"))
+    assert named.finetune_summary["parent"] == "v001" and "v006" not in Project(
+        tmp_path / "p").versions
     out = segment_array(phantom.volume[:2], new, device="cpu")
     assert out.labels.shape == (2, 128, 96)
     with pytest.raises(ValueError, match="no training slices"):

@@ -201,7 +201,11 @@ def test_demo_points_the_dock_at_the_result_layers_not_the_ground_truth(make_nap
     truth = viewer.add_labels(np.zeros((4, 32, 24), np.uint8), name="acetabulum ground truth")
     dock = RoisegDock(viewer)
     session = get_session(viewer)
-    assert session.mask_layer is truth  # what the dock offers first: the only Labels layer
+    # an opened Labels layer is never taken as the model's mask unasked
+    assert session.mask_layer is not truth
+    if "hip phantom mask" in viewer.layers:  # made empty when the image was chosen: adopted
+        assert session.mask_layer is viewer.layers["hip phantom mask"]
+    assert dock.pickers.combos["mask"].value is session.mask_layer
     if "hip phantom mask" not in viewer.layers:  # the dock may already have made them, empty
         viewer.add_labels(np.zeros((4, 32, 24), np.uint8), name="hip phantom mask")
     if "hip phantom boxes" not in viewer.layers:
