@@ -223,16 +223,16 @@ def _conv_on(conv: RoiConv2d, x: Tensor, origin: tuple[int, int],
     crop = x[..., have[0] - origin[0]:have[1] - origin[0], have[2] - origin[1]:have[3] - origin[1]]
     crop = _pad_to(crop, have, need)
     if im2col:
-        k, n = int(conv.kernel_size[0]), x.shape[0]
-        if k > 1:  # im2col as a strided view + one copy: cheaper than F.unfold on a small crop
+        k, n, rows, cols = int(conv.kernel_size[0]), x.shape[0], r1 - r0, c1 - c0
+        # im2col as a strided view and one copy (cheaper than F.unfold on a small crop), laid
+        # out (C*k*k, N*cells) so the whole batch is one 2-D GEMM (a broadcast batched matmul
+        # costs ~1.4x on the CPU)
+        if k > 1:
             win = crop.unfold(2, k, 1).unfold(3, k, 1)  # N, C, rows, cols, k, k
-            cols = win.permute(0, 1, 4, 5, 2, 3).reshape(n, -1, (r1 - r0) * (c1 - c0))
+            columns = win.permute(1, 4, 5, 0, 2, 3).reshape(-1, n * rows * cols)
         else:
-            cols = crop.reshape(n, crop.shape[1], -1)
-        weight = conv.weight.flatten(1)
-        # one image: a plain 2-D GEMM (the broadcast batched matmul costs ~1.4x on the CPU)
-        out = (weight @ cols[0])[None] if n == 1 else weight @ cols
-        out = out.view(n, -1, r1 - r0, c1 - c0)
+            columns = crop.transpose(0, 1).reshape(crop.shape[1], n * rows * cols)
+        out = (conv.weight.flatten(1) @ columns).view(-1, n, rows, cols).transpose(0, 1)
         if conv.bias is not None:
             out = out + conv.bias[:, None, None]
     else:
