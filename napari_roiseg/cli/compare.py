@@ -62,8 +62,15 @@ def tune_test_rois(model, images: Any, truth: np.ndarray,
 
     if segment is None:
         def segment(images, model, score_threshold, top_k):
-            return segment_array(images, model, score_threshold=score_threshold,
-                                 top_k=top_k).labels
+            # Through the config, as apply_roi_filter will set it: top_k None is "all
+            # proposals" here too (a None call argument would mean "the config's own top-k").
+            config = model.config
+            model.config = config.replace(test_score_threshold=score_threshold,
+                                          test_top_k=top_k)
+            try:
+                return segment_array(images, model).labels
+            finally:
+                model.config = config
 
     table = []
     for thr in thresholds:

@@ -18,12 +18,21 @@ def test_tune_test_rois_picks_by_pooled_dice_not_by_empty_slices(monkeypatch):
     bold = truth.copy()
     bold[5:, 0, 0] = 1  # finds both objects, one false pixel on five empty slices
 
-    def fake_segment(images, model, score_threshold=None, top_k=None):
-        return SimpleNamespace(labels=timid if score_threshold == 0.9 else bold)
+    from src_model.config import get_preset
+
+    seen = []
+
+    def fake_segment(images, model):
+        config = model.config
+        seen.append(config.test_top_k)
+        return SimpleNamespace(labels=timid if config.test_score_threshold == 0.9 else bold)
 
     monkeypatch.setattr("napari_roiseg.segment.segment_array", fake_segment)
-    thr, k, table = compare.tune_test_rois(None, truth, truth, thresholds=(0.5, 0.9),
+    model = SimpleNamespace(config=get_preset("fast").replace(test_top_k=3))
+    thr, k, table = compare.tune_test_rois(model, truth, truth, thresholds=(0.5, 0.9),
                                            top_ks=(None,))
+    # top_k None was evaluated as what apply_roi_filter sets: all proposals, not the config's 3
+    assert seen == [None, None] and model.config.test_top_k == 3
     by_thr = {row["score_threshold"]: row for row in table}
     # The per-slice mean would prefer the timid filter (0.8 vs 0.5); pooled dice does not.
     assert by_thr[0.9]["dice"] > by_thr[0.5]["dice"]
@@ -56,9 +65,9 @@ def test_tune_roi_filter_picks_single_object_jointly_with_the_threshold(monkeypa
     spurious = truth.copy()
     spurious[:, 0:2, 14:16] = 1  # a far-off false box paints its own blob
 
-    def fake_segment(images, model, score_threshold=None, top_k=None):
-        single = model.config.test_single_object
-        return SimpleNamespace(labels=truth if single and score_threshold == 0.3 else spurious)
+    def fake_segment(images, model):
+        single, thr = model.config.test_single_object, model.config.test_score_threshold
+        return SimpleNamespace(labels=truth if single and thr == 0.3 else spurious)
 
     monkeypatch.setattr("napari_roiseg.segment.segment_array", fake_segment)
     from src_model.config import get_preset
