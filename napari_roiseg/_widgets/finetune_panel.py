@@ -179,6 +179,9 @@ class FinetunePanel(Panel):
         self.history.add(record)
         self._progress.value = min(record.step, self._progress.max)
         text = f"step {record.step}/{record.total_steps}"
+        if record.state == "running" and 0 < record.step < record.total_steps and record.seconds:
+            left = record.seconds / record.step * (record.total_steps - record.step)
+            text += f" · about {int(left // 60)}:{int(left % 60):02d} left"
         if record.message and record.state == "running":  # e.g. a lowered batch size
             show_warning(record.message)
         if record.losses:

@@ -243,3 +243,16 @@ def test_finetune_after_the_review_gate_trains_the_version_it_made_current(
     assert parent == "v001"
     assert _same_weights(trained, candidate), "fine-tuned the weights of v000, not v001"
     assert widget.project.versions[widget.last_result.version]["parent"] == "v001"
+
+
+def test_progress_says_how_long_the_run_has_left(setup):
+    from src_model.train import TrainProgress
+
+    *_, widget = setup
+    widget.tune._on_record(TrainProgress(step=10, total_steps=40, losses={"loss": 0.5}, lr=1e-4,
+                                         seconds=20.0))
+    assert "step 10/40" in widget.tune._status.value
+    assert "about 1:00 left" in widget.tune._status.value  # 2 s a step, 30 steps to go
+    widget.tune._on_record(TrainProgress(step=40, total_steps=40, losses={}, lr=1e-4,
+                                         seconds=80.0, state="finished"))
+    assert "left" not in widget.tune._status.value
