@@ -164,6 +164,10 @@ def finetune(image: Any = None, labels: Any = None, slices: Any = None, model: A
         return _finetune(image, labels, slices, model, steps, **options)
     image = session.image_layer if image is None else image
     labels = session.mask_layer if labels is None else labels
+    if image is None or labels is None:
+        missing = "image" if image is None else "mask (the corrected labels)"
+        raise ValueError(f"the session has no {missing} layer: choose it in the dock, or pass "
+                         f"finetune(image=..., labels=...)")
     options.setdefault("project", session.project)
     options.setdefault("device", session.device)
     if model is None and options["project"] is None:

@@ -305,10 +305,14 @@ def _version_of(project: Project, model: Any) -> str | None:
 
 
 def _same_weights(a: Any, b: Any) -> bool:
-    """Do two models hold the same architecture and the very same weights?"""
+    """Do two models hold the same architecture and the very same weights (any devices)?"""
+    import torch
+
     sa, sb = a.state_dict(), b.state_dict()
     return (getattr(a, "config", None) == getattr(b, "config", None) and sa.keys() == sb.keys()
-            and all(sa[k].shape == sb[k].shape and bool((sa[k] == sb[k]).all()) for k in sa))
+            and all(sa[k].shape == sb[k].shape and torch.equal(sa[k].detach().cpu(),
+                                                                sb[k].detach().cpu())
+                    for k in sa))
 
 
 def finetune_and_gate(args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -462,22 +466,19 @@ def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any,
         start_is_current = True
     parent = None
     if project is not None and not start_is_current:
-        parent = _version_of(project, model)
-        if parent is None:
-            from .segment import load_model
+        from .segment import load_model
 
-            model = load_model(model)
-            if _same_weights(model, project.load_version()):
-                parent = project.current_version
+        source = (f"file {os.fspath(model)}" if isinstance(model, (str, os.PathLike))
+                  else "a model given to finetune()")
+        parent = _version_of(project, model)  # a version's own checkpoint file
+        model = load_model(model)
+        if parent is None and _same_weights(model, project.load_version()):
+            parent = project.current_version
         if parent is None:
             # Weights from outside the project become a version of their own first (as the
             # docks do), so that the parent recorded is what was trained, not the current one.
             from .model_info import describe_model
-            from .segment import load_model
 
-            source = (f"file {os.fspath(model)}" if isinstance(model, (str, os.PathLike))
-                      else "a model given to finetune()")
-            model = load_model(model)
             parent = project.add_version(model, {"parent": None,
                                                  "source": describe_model(model, None, source)})
         start_is_current = parent == project.current_version

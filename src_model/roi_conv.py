@@ -141,10 +141,11 @@ def boxes_to_cell_mask(
         b = _check_boxes(boxes)
         # o + s*c - s/2 < x2  <=>  c < (x2 - o + s/2) / s  <=>  c < ceil(that)
         # o + s*c + s/2 > x1  <=>  c > (x1 - o - s/2) / s  <=>  c >= floor(that) + 1
-        c0 = torch.floor((b[:, 0] - offset - half) / stride).long() + 1
-        c1 = torch.ceil((b[:, 2] - offset + half) / stride).long()
-        r0 = torch.floor((b[:, 1] - offset - half) / stride).long() + 1
-        r1 = torch.ceil((b[:, 3] - offset + half) / stride).long()
+        # clamped to the grid (+-1) before the integer cast, which huge coordinates overflow
+        c0 = torch.floor((b[:, 0] - offset - half) / stride).clamp(-2, wo + 1).long() + 1
+        c1 = torch.ceil((b[:, 2] - offset + half) / stride).clamp(-1, wo + 1).long()
+        r0 = torch.floor((b[:, 1] - offset - half) / stride).clamp(-2, ho + 1).long() + 1
+        r1 = torch.ceil((b[:, 3] - offset + half) / stride).clamp(-1, ho + 1).long()
         masks.append(_union_of_index_boxes(r0, r1, c0, c1, (ho, wo)))
     if not masks:
         return torch.zeros((0, 1, ho, wo), dtype=torch.bool)
@@ -160,14 +161,15 @@ def _few_boxes_mask(boxes_per_image: list[Tensor], shape: tuple[int, int], strid
                     offset: float) -> Tensor | None:
     """:func:`boxes_to_cell_mask` for a few finite boxes on the CPU, by the same float64 rule;
     None when the difference-array path applies (GPU, many boxes, non-finite coordinates)."""
-    if (not boxes_per_image or sum(int(b.shape[0]) for b in boxes_per_image) > FEW_BOXES
-            or any(b.device.type != "cpu" for b in boxes_per_image)):
+    checked = [_check_boxes(b) for b in boxes_per_image]  # the same errors as the other path
+    if (not checked or sum(int(b.shape[0]) for b in checked) > FEW_BOXES
+            or any(b.device.type != "cpu" for b in checked)):
         return None
     ho, wo = shape
     half = stride / 2.0
     rects = []
-    for boxes in boxes_per_image:
-        rows = _check_boxes(boxes).tolist()
+    for boxes in checked:
+        rows = boxes.tolist()
         if not all(math.isfinite(v) for row in rows for v in row):
             return None
         rects.append([(math.floor((y1 - offset - half) / stride) + 1,

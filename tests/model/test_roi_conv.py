@@ -246,3 +246,14 @@ def test_cell_rule_few_boxes_fill_equals_difference_array(monkeypatch):
         monkeypatch.undo()
         assert fast.any() and torch.equal(fast, slow)
     assert rc._few_boxes_mask([torch.tensor([[float("nan"), 0.0, 5.0, 5.0]])], (4, 4), 16.0, 8.0) is None
+
+
+def test_cell_rule_huge_coordinates_cover_the_grid_on_both_paths(monkeypatch):
+    import src_model.roi_conv as rc
+
+    boxes = [torch.tensor([[-1e30, -1e30, 1e30, 1e30]], dtype=torch.float64)]
+    fast = rc.boxes_to_cell_mask(boxes, (5, 4), 16.0, 8.0)
+    monkeypatch.setattr(rc, "FEW_BOXES", 0)
+    assert fast.all() and torch.equal(rc.boxes_to_cell_mask(boxes, (5, 4), 16.0, 8.0), fast)
+    with pytest.raises(ValueError, match="Tensor\\[K, 4\\]"):
+        rc.boxes_to_cell_mask([torch.tensor(1.0)], (5, 4), 16.0, 8.0)

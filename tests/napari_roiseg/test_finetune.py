@@ -396,3 +396,21 @@ def test_finetune_on_a_large_structure_refits_the_anchors_and_records_them(tmp_p
     assert kept is net and info is None
     with pytest.raises(ValueError, match="anchors must be"):
         adapt_anchors(net, labels, "sometimes")
+
+
+def test_finetune_from_the_current_versions_file_with_a_locked_set_is_gated(tmp_path, phantom,
+                                                                              net):
+    from napari_roiseg.finetune import finetune
+    from napari_roiseg.project.history import CorrectionHistory
+
+    project = Project(tmp_path / "p")
+    project.add_version(net, {"parent": None})
+    filled = np.flatnonzero(phantom.labels.any(axis=(1, 2))).tolist()
+    CorrectionHistory(project).lock(phantom.volume, phantom.labels, filled[-1:])
+    new = finetune(phantom.volume, phantom.labels, slices=filled[:3],
+                   model=project.version_path("v000"), steps=1, batch_size=2, device="cpu",
+                   validation=[], project=project)
+    summary = new.finetune_summary
+    assert summary["parent"] == "v000" and summary["version"] == "v001"
+    assert summary["gate"]["candidate"] == "v001" and summary["gate"]["current"] == "v000"
+    assert list(Project(tmp_path / "p").versions) == ["v000", "v001"]  # no copy of v000

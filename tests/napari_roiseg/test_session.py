@@ -89,3 +89,11 @@ def test_without_a_session_the_api_works_as_before(phantom, untrained_model):
     assert labels.shape == phantom.volume.shape
     with pytest.raises(ValueError, match="no image"):
         api.segment_volume()
+
+
+def test_finetune_on_a_session_without_a_mask_layer_says_what_to_choose(phantom):
+    session = Session()
+    with pytest.raises(ValueError, match="no image layer"):
+        api.finetune(session=session)
+    with pytest.raises(ValueError, match="no mask"):
+        api.finetune(image=phantom.volume, session=session)
