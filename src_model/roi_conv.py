@@ -39,6 +39,7 @@ Box -> pixel rule: pixel ``(i, j)`` is inside the box iff its centre is:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -133,9 +134,11 @@ def boxes_to_cell_mask(
     """
     ho, wo = int(out_size[0]), int(out_size[1])
     half = stride / 2.0
-    few = _few_boxes_mask(boxes_per_image, (ho, wo), stride, offset)
+    few = _few_boxes_fill(boxes_per_image, (ho, wo), lambda x1, y1, x2, y2: (
+        math.floor((y1 - offset - half) / stride) + 1, math.ceil((y2 - offset + half) / stride),
+        math.floor((x1 - offset - half) / stride) + 1, math.ceil((x2 - offset + half) / stride)))
     if few is not None:
-        return few
+        return few[:, None]
     masks = []
     for boxes in boxes_per_image:
         b = _check_boxes(boxes)
@@ -157,31 +160,30 @@ def boxes_to_cell_mask(
 FEW_BOXES = 16
 
 
-def _few_boxes_mask(boxes_per_image: list[Tensor], shape: tuple[int, int], stride: float,
-                    offset: float) -> Tensor | None:
-    """:func:`boxes_to_cell_mask` for a few finite boxes on the CPU, by the same float64 rule;
-    None when the difference-array path applies (GPU, many boxes, non-finite coordinates)."""
+def _few_boxes_fill(boxes_per_image: list[Tensor], shape: tuple[int, int],
+                    rect: Callable[[float, float, float, float], tuple[int, int, int, int]]
+                    ) -> Tensor | None:
+    """``Tensor[N, H, W] bool``: the union of ``rect(x1, y1, x2, y2) -> (r0, r1, c0, c1)``
+    (half-open, clipped to ``shape``) over each image's boxes, filled by slicing, for a few
+    finite boxes on the CPU; None when the difference array applies (GPU, many boxes,
+    non-finite coordinates)."""
     checked = [_check_boxes(b) for b in boxes_per_image]  # the same errors as the other path
     if (not checked or sum(int(b.shape[0]) for b in checked) > FEW_BOXES
             or any(b.device.type != "cpu" for b in checked)):
         return None
     ho, wo = shape
-    half = stride / 2.0
     rects = []
     for boxes in checked:
         rows = boxes.tolist()
         if not all(math.isfinite(v) for row in rows for v in row):
             return None
-        rects.append([(math.floor((y1 - offset - half) / stride) + 1,
-                       math.ceil((y2 - offset + half) / stride),
-                       math.floor((x1 - offset - half) / stride) + 1,
-                       math.ceil((x2 - offset + half) / stride)) for x1, y1, x2, y2 in rows])
-    mask = torch.zeros((len(boxes_per_image), 1, ho, wo), dtype=torch.bool)
+        rects.append([rect(*row) for row in rows])
+    mask = torch.zeros((len(checked), ho, wo), dtype=torch.bool)
     for i, image_rects in enumerate(rects):
         for r0, r1, c0, c1 in image_rects:
             r0, r1, c0, c1 = max(r0, 0), min(r1, ho), max(c0, 0), min(c1, wo)
             if r1 > r0 and c1 > c0:
-                mask[i, 0, r0:r1, c0:c1] = True
+                mask[i, r0:r1, c0:c1] = True
     return mask
 
 
@@ -201,14 +203,20 @@ def boxes_to_pixel_mask(boxes_per_image: list[Tensor], image_size: tuple[int, in
     Tensor[N, H, W] bool.
     """
     h, w = int(image_size[0]), int(image_size[1])
+    # x1 <= j + 0.5  <=>  j >= ceil(x1 - 0.5);   j + 0.5 <= x2  <=>  j <= floor(x2 - 0.5)
+    few = _few_boxes_fill(boxes_per_image, (h, w), lambda x1, y1, x2, y2: (
+        math.ceil(y1 - 0.5), math.floor(y2 - 0.5) + 1, math.ceil(x1 - 0.5),
+        math.floor(x2 - 0.5) + 1))
+    if few is not None:
+        return few
     masks = []
     for boxes in boxes_per_image:
         b = _check_boxes(boxes)
-        # x1 <= j + 0.5  <=>  j >= ceil(x1 - 0.5);   j + 0.5 <= x2  <=>  j <= floor(x2 - 0.5)
-        c0 = torch.ceil(b[:, 0] - 0.5).long()
-        c1 = torch.floor(b[:, 2] - 0.5).long() + 1
-        r0 = torch.ceil(b[:, 1] - 0.5).long()
-        r1 = torch.floor(b[:, 3] - 0.5).long() + 1
+        # clamped to the image (+-1) before the integer cast, which huge coordinates overflow
+        c0 = torch.ceil(b[:, 0] - 0.5).clamp(-1, w + 1).long()
+        c1 = torch.floor(b[:, 2] - 0.5).clamp(-2, w + 1).long() + 1
+        r0 = torch.ceil(b[:, 1] - 0.5).clamp(-1, h + 1).long()
+        r1 = torch.floor(b[:, 3] - 0.5).clamp(-2, h + 1).long() + 1
         masks.append(_union_of_index_boxes(r0, r1, c0, c1, (h, w)))
     if not masks:
         return torch.zeros((0, h, w), dtype=torch.bool)

@@ -245,7 +245,12 @@ def test_cell_rule_few_boxes_fill_equals_difference_array(monkeypatch):
         slow = rc.boxes_to_cell_mask(batch, (23, 12), stride, offset)
         monkeypatch.undo()
         assert fast.any() and torch.equal(fast, slow)
-    assert rc._few_boxes_mask([torch.tensor([[float("nan"), 0.0, 5.0, 5.0]])], (4, 4), 16.0, 8.0) is None
+        fast_px = rc.boxes_to_pixel_mask(batch, (60, 50))
+        monkeypatch.setattr(rc, "FEW_BOXES", 0)
+        assert torch.equal(rc.boxes_to_pixel_mask(batch, (60, 50)), fast_px)
+        monkeypatch.undo()
+    nan = [torch.tensor([[float("nan"), 0.0, 5.0, 5.0]])]
+    assert rc._few_boxes_fill(nan, (4, 4), lambda *b: (0, 1, 0, 1)) is None
 
 
 def test_cell_rule_huge_coordinates_cover_the_grid_on_both_paths(monkeypatch):
@@ -255,5 +260,6 @@ def test_cell_rule_huge_coordinates_cover_the_grid_on_both_paths(monkeypatch):
     fast = rc.boxes_to_cell_mask(boxes, (5, 4), 16.0, 8.0)
     monkeypatch.setattr(rc, "FEW_BOXES", 0)
     assert fast.all() and torch.equal(rc.boxes_to_cell_mask(boxes, (5, 4), 16.0, 8.0), fast)
+    assert rc.boxes_to_pixel_mask(boxes, (6, 5)).all()
     with pytest.raises(ValueError, match="Tensor\\[K, 4\\]"):
         rc.boxes_to_cell_mask([torch.tensor(1.0)], (5, 4), 16.0, 8.0)
