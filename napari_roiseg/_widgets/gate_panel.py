@@ -217,8 +217,8 @@ class GatePanel(Container):
         return run_job(self.session, f"gating {name}", job, done, None, sync)
 
     def compare(self, sync: bool = False) -> Any:
-        """Candidate and current version's masks (contours) and boxes on the slice shown;
-        returns what is shown when ``sync``."""
+        """Candidate and current version's masks (a difference map: both / candidate only /
+        current only) and boxes on the slice shown; returns what is shown when ``sync``."""
         image, history, name = self.session.image_layer, session_history(self.session), \
             self._candidate.value
         if image is None or history is None or not name:

@@ -141,12 +141,20 @@ def test_gate_compare_and_report(setup, untrained_model, phantom, tmp_path):
     shown = widget.compare(sync=True)
     assert shown["candidate"]["area"] == 0 and shown["current"]["area"] > 0
     names = {layer.name for layer in viewer.layers}
-    assert {"compare candidate mask", "compare current mask", "compare candidate boxes",
-            "compare current boxes"} <= names
-    current = viewer.layers["compare current mask"]  # slice filled[0] only, placed on it
-    assert current.data.shape[0] == 1 and current.data[0].any()
-    assert current.metadata["slice"] == filled[0]
-    np.testing.assert_allclose(current.data_to_world((0, 0, 0)),
+    assert {"compare mask", "compare boxes"} <= names and not any(
+        n.startswith("compare candidate") or n.startswith("compare current") for n in names)
+    from napari_roiseg._widgets.compare_layers import BOTH, CANDIDATE_ONLY, CURRENT_ONLY
+
+    diff = viewer.layers["compare mask"]  # slice filled[0] only, placed on it
+    assert diff.data.shape[0] == 1
+    # the candidate paints nothing here: every pixel shown is the current version's alone
+    assert (diff.data[0] == CURRENT_ONLY).sum() == shown["current"]["area"]
+    assert not np.isin(diff.data[0], [BOTH, CANDIDATE_ONLY]).any()
+    assert diff.metadata["slice"] == filled[0]
+    assert diff.metadata["roiseg_versions"] == {"candidate": "v001", "current": "v000"}
+    boxes = viewer.layers["compare boxes"]
+    assert len(boxes.data) == shown["candidate"]["boxes"] + shown["current"]["boxes"]
+    np.testing.assert_allclose(diff.data_to_world((0, 0, 0)),
                                image.data_to_world((filled[0], 0, 0)))
 
     paths = widget.export_report(tmp_path / "report", sync=True)
@@ -394,7 +402,8 @@ def test_gate_and_compare_run_in_workers(setup, untrained_model, qtbot):
     assert widget.decision.candidate == "v001" and "v001" in widget.gate_panel._gate_info.value
     widget.go_to(filled[0])
     assert widget.compare() is not None
-    qtbot.waitUntil(lambda: "compare current boxes" in viewer.layers
+    qtbot.waitUntil(lambda: "compare boxes" in viewer.layers
+                    and not widget.gate_panel.compare_view.pending
                     and "slice" in widget.gate_panel._gate_info.value, timeout=60_000)
     assert busy.running() is None
-    assert viewer.layers["compare candidate mask"].metadata["slice"] == filled[0]
+    assert viewer.layers["compare mask"].metadata["slice"] == filled[0]

@@ -191,7 +191,7 @@ def test_the_loop_runs_in_the_model_process(process_dock, phantom, qtbot):
     _wait(qtbot, lambda: session.running() is not None)
     assert "candidate v001" in dock.gate_panel._gate_info.value
     qtbot.waitUntil(lambda: not dock.gate_panel.compare_view.pending)
-    assert viewer.layers["compare candidate mask"].metadata["roiseg_version"] == "v001"
+    assert viewer.layers["compare mask"].metadata["roiseg_versions"]["candidate"] == "v001"
     assert worker.starts == 1  # one process, kept warm for the whole loop
 
 
