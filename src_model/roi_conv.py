@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,46 @@ def _union_of_index_boxes(
     return diff.cumsum(0).cumsum(1)[:h, :w] > 0
 
 
+# Up to this many boxes in a CPU batch, rectangles are filled by slicing: ~10x cheaper than the
+# difference array's dozen tensor ops, which the ROI head pays once per decoder level.
+FEW_BOXES = 16
+
+
+def _boxes_union(boxes_per_image: list[Tensor], shape: tuple[int, int],
+                 rule: Callable[..., tuple[Any, ...]]) -> Tensor:
+    """``Tensor[N, H, W] bool``: per image, the union of the half-open index rectangles
+    ``rule(x1, y1, x2, y2, floor, ceil) -> (r0, r1, c0, c1)`` of its boxes on a grid ``shape``.
+
+    ``rule`` is written once and evaluated either on Python floats (``math.floor``/``ceil``)
+    for a few finite boxes on the CPU, whose rectangles are then filled by slicing, or on
+    float64 tensors (``torch.floor``/``ceil``) drawn with a difference array
+    (:func:`_union_of_index_boxes`).
+    """
+    h, w = shape
+    checked = [_check_boxes(b) for b in boxes_per_image]
+    if not checked:
+        return torch.zeros((0, h, w), dtype=torch.bool)
+    if sum(int(b.shape[0]) for b in checked) <= FEW_BOXES and all(
+            b.device.type == "cpu" for b in checked):
+        try:  # math.floor of a NaN / infinity raises: the tensor path takes those
+            rects = [(i, *rule(*row, math.floor, math.ceil))
+                     for i, b in enumerate(checked) for row in b.tolist()]
+        except (ValueError, OverflowError):
+            rects = None
+        if rects is not None:
+            mask = torch.zeros((len(checked), h, w), dtype=torch.bool)
+            for i, r0, r1, c0, c1 in rects:  # slicing clips the ends; empty when r1 <= r0
+                mask[i, max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
+            return mask
+    masks = []
+    for b in checked:
+        # clamped to the grid (+-1) before the integer cast, which huge coordinates overflow
+        r0, r1, c0, c1 = (v.clamp(-1, size + 1).long() for v, size in zip(
+            rule(*b.unbind(1), torch.floor, torch.ceil), (h, h, w, w)))
+        masks.append(_union_of_index_boxes(r0, r1, c0, c1, (h, w)))
+    return torch.stack(masks)
+
+
 def _check_boxes(boxes: Tensor) -> Tensor:
     if boxes.ndim != 2 or boxes.shape[-1] != 4:
         raise ValueError(
@@ -134,57 +175,14 @@ def boxes_to_cell_mask(
     """
     ho, wo = int(out_size[0]), int(out_size[1])
     half = stride / 2.0
-    few = _few_boxes_fill(boxes_per_image, (ho, wo), lambda x1, y1, x2, y2: (
-        math.floor((y1 - offset - half) / stride) + 1, math.ceil((y2 - offset + half) / stride),
-        math.floor((x1 - offset - half) / stride) + 1, math.ceil((x2 - offset + half) / stride)))
-    if few is not None:
-        return few[:, None]
-    masks = []
-    for boxes in boxes_per_image:
-        b = _check_boxes(boxes)
+
+    def rule(x1, y1, x2, y2, floor, ceil):  # python floats or tensors
         # o + s*c - s/2 < x2  <=>  c < (x2 - o + s/2) / s  <=>  c < ceil(that)
         # o + s*c + s/2 > x1  <=>  c > (x1 - o - s/2) / s  <=>  c >= floor(that) + 1
-        # clamped to the grid (+-1) before the integer cast, which huge coordinates overflow
-        c0 = torch.floor((b[:, 0] - offset - half) / stride).clamp(-2, wo + 1).long() + 1
-        c1 = torch.ceil((b[:, 2] - offset + half) / stride).clamp(-1, wo + 1).long()
-        r0 = torch.floor((b[:, 1] - offset - half) / stride).clamp(-2, ho + 1).long() + 1
-        r1 = torch.ceil((b[:, 3] - offset + half) / stride).clamp(-1, ho + 1).long()
-        masks.append(_union_of_index_boxes(r0, r1, c0, c1, (ho, wo)))
-    if not masks:
-        return torch.zeros((0, 1, ho, wo), dtype=torch.bool)
-    return torch.stack(masks)[:, None]
+        return (floor((y1 - offset - half) / stride) + 1, ceil((y2 - offset + half) / stride),
+                floor((x1 - offset - half) / stride) + 1, ceil((x2 - offset + half) / stride))
 
-
-# Up to this many boxes in a CPU batch, rectangles are filled by slicing: ~10x cheaper than the
-# difference array's dozen tensor ops, which the ROI head pays once per decoder level.
-FEW_BOXES = 16
-
-
-def _few_boxes_fill(boxes_per_image: list[Tensor], shape: tuple[int, int],
-                    rect: Callable[[float, float, float, float], tuple[int, int, int, int]]
-                    ) -> Tensor | None:
-    """``Tensor[N, H, W] bool``: the union of ``rect(x1, y1, x2, y2) -> (r0, r1, c0, c1)``
-    (half-open, clipped to ``shape``) over each image's boxes, filled by slicing, for a few
-    finite boxes on the CPU; None when the difference array applies (GPU, many boxes,
-    non-finite coordinates)."""
-    checked = [_check_boxes(b) for b in boxes_per_image]  # the same errors as the other path
-    if (not checked or sum(int(b.shape[0]) for b in checked) > FEW_BOXES
-            or any(b.device.type != "cpu" for b in checked)):
-        return None
-    ho, wo = shape
-    rects = []
-    for boxes in checked:
-        rows = boxes.tolist()
-        if not all(math.isfinite(v) for row in rows for v in row):
-            return None
-        rects.append([rect(*row) for row in rows])
-    mask = torch.zeros((len(checked), ho, wo), dtype=torch.bool)
-    for i, image_rects in enumerate(rects):
-        for r0, r1, c0, c1 in image_rects:
-            r0, r1, c0, c1 = max(r0, 0), min(r1, ho), max(c0, 0), min(c1, wo)
-            if r1 > r0 and c1 > c0:
-                mask[i, r0:r1, c0:c1] = True
-    return mask
+    return _boxes_union(boxes_per_image, (ho, wo), rule)[:, None]
 
 
 def boxes_to_pixel_mask(boxes_per_image: list[Tensor], image_size: tuple[int, int]) -> Tensor:
@@ -203,24 +201,12 @@ def boxes_to_pixel_mask(boxes_per_image: list[Tensor], image_size: tuple[int, in
     Tensor[N, H, W] bool.
     """
     h, w = int(image_size[0]), int(image_size[1])
-    # x1 <= j + 0.5  <=>  j >= ceil(x1 - 0.5);   j + 0.5 <= x2  <=>  j <= floor(x2 - 0.5)
-    few = _few_boxes_fill(boxes_per_image, (h, w), lambda x1, y1, x2, y2: (
-        math.ceil(y1 - 0.5), math.floor(y2 - 0.5) + 1, math.ceil(x1 - 0.5),
-        math.floor(x2 - 0.5) + 1))
-    if few is not None:
-        return few
-    masks = []
-    for boxes in boxes_per_image:
-        b = _check_boxes(boxes)
-        # clamped to the image (+-1) before the integer cast, which huge coordinates overflow
-        c0 = torch.ceil(b[:, 0] - 0.5).clamp(-1, w + 1).long()
-        c1 = torch.floor(b[:, 2] - 0.5).clamp(-2, w + 1).long() + 1
-        r0 = torch.ceil(b[:, 1] - 0.5).clamp(-1, h + 1).long()
-        r1 = torch.floor(b[:, 3] - 0.5).clamp(-2, h + 1).long() + 1
-        masks.append(_union_of_index_boxes(r0, r1, c0, c1, (h, w)))
-    if not masks:
-        return torch.zeros((0, h, w), dtype=torch.bool)
-    return torch.stack(masks)
+
+    def rule(x1, y1, x2, y2, floor, ceil):  # python floats or tensors
+        # x1 <= j + 0.5  <=>  j >= ceil(x1 - 0.5);   j + 0.5 <= x2  <=>  j <= floor(x2 - 0.5)
+        return ceil(y1 - 0.5), floor(y2 - 0.5) + 1, ceil(x1 - 0.5), floor(x2 - 0.5) + 1
+
+    return _boxes_union(boxes_per_image, (h, w), rule)
 
 
 def _check_mask(

@@ -249,8 +249,10 @@ def test_cell_rule_few_boxes_fill_equals_difference_array(monkeypatch):
         monkeypatch.setattr(rc, "FEW_BOXES", 0)
         assert torch.equal(rc.boxes_to_pixel_mask(batch, (60, 50)), fast_px)
         monkeypatch.undo()
-    nan = [torch.tensor([[float("nan"), 0.0, 5.0, 5.0]])]
-    assert rc._few_boxes_fill(nan, (4, 4), lambda *b: (0, 1, 0, 1)) is None
+    nan = [torch.tensor([[float("nan"), 0.0, 5.0, 5.0], [0.0, 0.0, 20.0, 20.0]])]
+    fast_nan = rc.boxes_to_cell_mask(nan, (4, 4), 16.0, 8.0)
+    monkeypatch.setattr(rc, "FEW_BOXES", 0)
+    assert torch.equal(rc.boxes_to_cell_mask(nan, (4, 4), 16.0, 8.0), fast_nan)
 
 
 def test_cell_rule_huge_coordinates_cover_the_grid_on_both_paths(monkeypatch):
