@@ -88,11 +88,10 @@ class LayerPickers(Container):
                 self._chosen(role, combo.value)  # the first of its kind, as the combo shows
 
     def _choices(self, role: str) -> Any:
-        if role in ("boxes", "mask"):
-            kind = Shapes if role == "boxes" else Labels
-            return lambda _w=None: [("none", None), *_layers(self.viewer, kind)]
-        kind = Image if role == "image" else Labels
-        return lambda _w=None: _layers(self.viewer, kind)
+        if role == "image":
+            return lambda _w=None: _layers(self.viewer, Image)
+        kind = Shapes if role == "boxes" else Labels  # these two may be "none"
+        return lambda _w=None: [("none", None), *_layers(self.viewer, kind)]
 
     def hook(self, hooks: ViewerHooks) -> None:
         """Follow the viewer's layer list and the session's choices (undone with the dock)."""
