@@ -14,7 +14,8 @@ import numpy as np
 
 from .finetune import evaluate
 from .finetune import finetune as _finetune
-from .layers import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, add_result_layers, image_array
+from .layers import (DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, add_result_layers, image_array,
+                     layer_spacing_mm)
 from .segment import segment_array
 
 __all__ = ["correction_history", "evaluate", "export_review_report", "finetune", "gate_version",
@@ -74,6 +75,7 @@ def segment_volume(
     top_k: int | None = None,
     batch_size: int | None = None,
     session: Any = None,
+    spacing: Any = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Segment every slice of a volume; optionally show the result in a napari viewer.
 
@@ -101,6 +103,10 @@ def segment_volume(
     session : session.Session, optional
         Take the image, model, device and viewer left out from it (see :func:`get_session`);
         the new layers become its mask and boxes layers.
+    spacing : "auto", None, float or (y, x)
+        Pixel size in mm: slices are resampled to the model's training resolution and the
+        results mapped back (``src_model.resolution``). "auto": the image layer's scale when its
+        unit is known (mm, micron...), else unknown (None).
 
     Raises
     ------
@@ -138,7 +144,8 @@ def segment_volume(
         if model is None and session is not None:
             model = session.model()
         result = segment_array(data, model, device=device or "auto", batch_size=batch_size,
-                               score_threshold=score_threshold, top_k=top_k)
+                               score_threshold=score_threshold, top_k=top_k,
+                               spacing=layer_spacing_mm(layer) if _is_auto(spacing) else spacing)
     labels = result.labels if data.ndim == 3 else result.labels[0]
     if viewer is not None:
         mask, boxes = add_result_layers(
@@ -148,6 +155,10 @@ def segment_volume(
         if session is not None:
             session.mask_layer, session.boxes_layer = mask, boxes
     return labels, result.boxes
+
+
+def _is_auto(spacing: Any) -> bool:
+    return isinstance(spacing, str) and spacing == "auto"
 
 
 def finetune(image: Any = None, labels: Any = None, slices: Any = None, model: Any = None,

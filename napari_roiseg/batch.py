@@ -65,7 +65,8 @@ def segment_to_folder(volume: Any, net: Any, out: Path, *, device: Any = "auto",
     with labels_tiff_memmap(out / "labels.tif", shape, spacing=volume.spacing) as labels:
         result = VolumeSegmentation(labels, np.zeros((0, 6), np.float32), np.zeros(shape[0], bool))
         drain(iter_segment(volume.data, net, device=device, batch_size=batch_size,
-                           score_threshold=score_threshold, top_k=top_k, out=result), on_progress)
+                           score_threshold=score_threshold, top_k=top_k, out=result,
+                           spacing=volume.spacing_mm), on_progress)
         masked = 0
         for start in range(0, shape[0], 64):
             masked += int(labels[start:start + 64].any(axis=(1, 2)).sum())

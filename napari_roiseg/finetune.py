@@ -214,12 +214,15 @@ def iter_finetune(
     should_stop: Callable[[], bool] | None = None,
     project: Project | None = None,
     parent: str | None = None,
+    spacing: Any = None,
 ) -> Generator[TrainProgress, None, FinetuneResult]:
     """Fine-tune a copy of ``model`` on slices ``train`` of ``(image, labels)``, yielding every
     ``TrainProgress`` record; the return value is a :class:`FinetuneResult`.
 
     ``image`` (S, H, W) any real dtype, normalised over the whole volume as inference does;
-    ``labels`` (S, H, W), foreground ``!= 0``; ``negatives`` are trained (or validated) as empty
+    ``labels`` (S, H, W), foreground ``!= 0``; ``spacing`` the pixel size in mm (None: unknown):
+    slices are resampled to the model's resolution reference as inference does, and the copy
+    records the reference it was tuned at (``src_model.resolution``); ``negatives`` are trained (or validated) as empty
     masks whatever ``labels`` hold there. With ``validation`` slices the weights with the best
     validation dice are kept (also after a stop); step 0 holds the starting model's metrics.
     ``model`` is never changed (None: the shipped default). With ``project`` the result is saved
@@ -233,6 +236,8 @@ def iter_finetune(
     from src_model.anchor_fit import adapt_model_anchors
     from src_model.data import SliceDataset
     from src_model.preprocess import normalize_slices
+    from src_model.resolution import (model_size, reference_of, resample_pair, resize_images,
+                                      resize_masks)
     from src_model.train import TrainConfig, train_iter
 
     from .segment import check_volume, load_model
@@ -252,7 +257,6 @@ def iter_finetune(
                          f"(0..{volume.shape[0] - 1})")
     truth[negatives] = 0
     net = copy.deepcopy(load_model(model))  # the caller's model (a version, the default) stays
-    net, anchors = adapt_model_anchors(net, truth[train], config.anchors)
     # Scale as inference does, with whole-volume statistics. uint8 is simply divided by 255
     # (SliceDataset does that itself), so only the slices used are converted. SliceDataset would
     # re-normalise other dtypes on the training subset alone: they go in as the whole-volume
@@ -264,13 +268,24 @@ def iter_finetune(
         images = normalize_slices(volume)
         train_images = np.round(images[train] * 255).astype(np.uint8)
         val_images = images[validation] if validation else None
-    dataset = SliceDataset([(train_images, truth[train])], negatives="all",
+    # At the model's resolution reference, as inference will run (src_model.resolution).
+    parent_config = getattr(net, "config", None)
+    size = model_size(parent_config, volume.shape, spacing)
+    train_truth, val_truth = truth[train], truth[validation] if validation else None
+    if size != tuple(volume.shape[1:]):
+        train_images, train_truth = resample_pair(train_images, train_truth, size)
+        if validation:
+            val_images, val_truth = resize_images(val_images, size), resize_masks(val_truth, size)
+    net, anchors = adapt_model_anchors(net, train_truth, config.anchors)
+    if parent_config is not None and hasattr(parent_config, "pixel_spacing_mm"):
+        net.config = net.config.replace(**reference_of(parent_config, volume.shape, spacing))
+    dataset = SliceDataset([(train_images, train_truth)], negatives="all",
                            augment=config.augment, seed=config.seed)
     steps = config.total_steps(len(train))
     tc = TrainConfig(steps=steps, batch_size=max(1, min(config.batch_size, len(train))),
                      lr=config.lr, seed=config.seed, device=config.device,
                      eval_every=config.eval_every or max(1, steps // 20))
-    val = (val_images, truth[validation]) if validation else None
+    val = (val_images, val_truth) if validation else None
     parent = parent if parent is not None else (project.current_version if project else None)
     history = TrainingHistory(total_steps=steps)
     t0 = time.perf_counter()
@@ -293,6 +308,15 @@ def iter_finetune(
     if project is not None and result.steps_done > 0 and result.state in ("finished", "stopped"):
         result.version = project.add_version(net, result.info(config))
     return result
+
+
+def _spacing_of(image: Any, spacing: Any) -> Any:
+    """``spacing``, or for "auto" the image layer's pixel size in mm (None for arrays)."""
+    if isinstance(spacing, str) and spacing == "auto":
+        from .layers import layer_spacing_mm
+
+        return layer_spacing_mm(image)
+    return spacing
 
 
 def _version_of(project: Project, model: Any) -> str | None:
@@ -352,6 +376,7 @@ def finetune(
     seed: int = 0,
     anchors: str = "auto",
     on_progress: Callable[[Any], None] | None = None,
+    spacing: Any = "auto",
 ) -> nn.Module:
     """Fine-tune a model on corrected slices and return the new model version.
 
@@ -394,6 +419,11 @@ def finetune(
         with ``override=`` accepts it anyway).
     on_progress : callable, optional
         Called with every ``src_model.train.TrainProgress`` record.
+    spacing : "auto", None, float or (y, x)
+        Pixel size in mm. The slices are resampled to the starting model's resolution
+        reference, as inference does, and the new version records what it was tuned at
+        (``src_model.resolution``). "auto": the image layer's scale when its unit is known,
+        else unknown (None): the new version then takes frames of this height as its reference.
 
     Raises
     ------
@@ -424,13 +454,14 @@ def finetune(
         return _finetune(image, labels, slices, model, steps, validation=validation,
                          negatives=negatives, lr=lr, batch_size=batch_size, epochs=epochs,
                          augment=augment, project=project, device=device, seed=seed,
-                         anchors=anchors, on_progress=on_progress)
+                         anchors=anchors, on_progress=on_progress, spacing=spacing)
 
 
 def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any, steps: int, *,
               validation: Sequence[int] | None, negatives: Sequence[int], lr: float,
               batch_size: int, epochs: float | None, augment: bool, project: Any, device: str,
-              seed: int, anchors: str, on_progress: Callable[[Any], None] | None) -> nn.Module:
+              seed: int, anchors: str, on_progress: Callable[[Any], None] | None,
+              spacing: Any = "auto") -> nn.Module:
     labels_arr = _as_array(labels)
     if labels_arr.ndim == 2:
         labels_arr = labels_arr[None]
@@ -484,7 +515,8 @@ def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any,
         start_is_current = parent == project.current_version
     result: FinetuneResult = drain(
         iter_finetune(image_arr, labels_arr, plan.train, plan.validation, model, config,
-                      negatives=negatives, project=project, parent=parent), on_progress)
+                      negatives=negatives, project=project, parent=parent,
+                      spacing=_spacing_of(image, spacing)), on_progress)
     decision = None
     if result.version is not None:
         # add_version made it current; with a locked set it must pass the gate like the

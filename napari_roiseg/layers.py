@@ -155,6 +155,23 @@ def image_array(image: Any) -> tuple[Any, Any]:
     return data, image
 
 
+def layer_spacing_mm(layer: Any) -> tuple[float, ...] | None:
+    """The pixel spacing in mm of an image layer (its ``scale``), when its unit is known: the
+    reader's ``metadata["unit"]`` or napari's own ``units`` (e.g. the sample's mm). None for
+    arrays and for layers in pixels or an unknown unit (the model then takes slices as they
+    are; see ``src_model.resolution``)."""
+    if layer is None or not hasattr(layer, "scale"):
+        return None
+    from .io.volumes import spacing_in_mm
+
+    unit = (getattr(layer, "metadata", None) or {}).get("unit")
+    if unit is None:
+        units = getattr(layer, "units", None)
+        if units is not None and len(units):
+            unit = str(units[-1])
+    return spacing_in_mm(tuple(float(v) for v in layer.scale), unit)
+
+
 def transform_kwargs(image_layer: Any) -> dict[str, Any]:
     """Layer keyword arguments that place an overlay exactly on ``image_layer`` (anisotropic
     spacing, offsets, rotations): scale, translate, rotate, shear and affine."""

@@ -123,8 +123,14 @@ def iter_segment(
     top_k: int | None = None,
     slices: Sequence[int] | None = None,
     out: VolumeSegmentation | None = None,
+    spacing: Any = None,
 ) -> Generator[tuple[int, int], None, VolumeSegmentation]:
     """Segment ``slices`` (default: all) of ``volume``; yield ``(done, total)`` after each batch.
+
+    ``spacing``: the in-plane pixel size in mm (a number, ``(y, x)`` or ``(z, y, x)``; None =
+    unknown). Slices are resampled to the model's reference pixel size (or frame height) before
+    the model and its masks, probabilities and boxes mapped back
+    (:mod:`src_model.resolution`); results always have the volume's own size.
 
     The generator's return value (``StopIteration.value``) is the :class:`VolumeSegmentation`;
     pass ``out`` to fill an existing one (what the widget does so that a cancelled run keeps
@@ -134,6 +140,7 @@ def iter_segment(
     """
     from src_model.mmap_pages import release_slices
     from src_model.preprocess import intensity_range, normalize_slices
+    from src_model.resolution import model_size, resize_images, results_to_input
 
     from .review import empty_stats, slice_stats
 
@@ -148,6 +155,7 @@ def iter_segment(
         batch_size = default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    size = model_size(getattr(net, "config", None), arr.shape, spacing)
     if out is None:
         out = VolumeSegmentation(np.zeros(arr.shape, np.uint8), np.zeros((0, 6), np.float32),
                                  np.zeros(arr.shape[0], bool))
@@ -166,9 +174,13 @@ def iter_segment(
         span = _as_span(chunk)
         batch = arr[span] if span is not None else arr[chunk]
         images = normalize_slices(np.asarray(batch), value_range)
+        if size != arr.shape[1:]:
+            images = resize_images(images, size)
         results, batch_size = _predict_chunk(
             net, images, batch_size, device,
             {"score_threshold": score_threshold, "top_k": top_k, "normalize": False})
+        if size != arr.shape[1:]:
+            results = results_to_input(results, arr.shape[1:])
         for j, result in enumerate(results):
             k = int(chunk[j])
             out.labels[k] = result["mask"]

@@ -62,6 +62,10 @@ def main() -> None:
 
         model, old = load_checkpoint(args.out)
         meta = {k: old[k] for k in ("description", "training", "data", "made_by") if k in old}
+        if not (model.config.pixel_spacing_mm or model.config.frame_height_px):
+            # weights from before the resolution reference: the phantoms' own, as training
+            # (train_model) records it now
+            model.config = model.config.replace(pixel_spacing_mm=float(train[0].spacing[-1]))
         return _finish(args, model, meta, val_raw, test)
     torch.manual_seed(0)
     model = build_model(get_preset("fast"))

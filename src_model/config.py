@@ -49,6 +49,9 @@ class ModelConfig:
         reach a structure's edge that a slightly tight box cuts (the boxes shown stay the RPN's).
     U-Net baseline
         ``unet_base_channels`` (channels of the first level, doubled per level), ``unet_depth``.
+    Resolution reference (``src_model.resolution``: inference and fine-tuning resample to it)
+        ``pixel_spacing_mm``: in-plane pixel size of the training slices, when known.
+        ``frame_height_px``: height of the training frames, when their pixel size was unknown.
     """
 
     arch: str = "rpn_fcn"
@@ -87,6 +90,9 @@ class ModelConfig:
     # U-Net baseline
     unet_base_channels: int = 64
     unet_depth: int = 4
+    # resolution reference
+    pixel_spacing_mm: float | None = None
+    frame_height_px: int | None = None
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists; normalise so equality and hashing work.
@@ -136,6 +142,10 @@ class ModelConfig:
         p.extend(f"{name} must be >= 1" for name in ints if getattr(self, name) < 1)
         if not 0.0 <= self.roi_iou_thresh <= 1.0:
             p.append("roi_iou_thresh must be in [0, 1]")
+        if self.pixel_spacing_mm is not None and not self.pixel_spacing_mm > 0:
+            p.append("pixel_spacing_mm must be None (unknown) or > 0")
+        if self.frame_height_px is not None and self.frame_height_px < 16:
+            p.append("frame_height_px must be None (unknown) or >= 16")
         if self.test_top_k is not None and self.test_top_k < 1:
             p.append("test_top_k must be None (all proposals) or >= 1")
         if self.test_roi_margin < 0:

@@ -10,7 +10,7 @@ import numpy as np
 
 from .mmap_pages import release_slices
 
-__all__ = ["intensity_range", "normalize_slices", "ROBUST_PERCENTILES"]
+__all__ = ["imaged_area", "intensity_range", "normalize_slices", "ROBUST_PERCENTILES"]
 
 # Robust range for non-uint8 data: a few saturated or dead pixels (common in exported ultrasound)
 # must not squash the contrast of everything else.
@@ -36,7 +36,9 @@ def intensity_range(arr: np.ndarray) -> tuple[float, float] | None:
     """The ``(lo, hi)`` that :func:`normalize_slices` maps to 0 / 1 for this whole array.
 
     None for ``uint8`` and ``bool`` (fixed scaling, nothing to measure). Otherwise the robust
-    0.5 / 99.5 percentiles (the full range for near-constant data; ``lo == hi`` when constant).
+    0.5 / 99.5 percentiles over the imaged area (:func:`imaged_area`: burned-in text, rulers,
+    bars and black borders do not squash the tissue's range); the full range for near-constant
+    data, ``lo == hi`` when constant.
     Reads the array slice by slice, so a memory-mapped volume is never copied whole. Raises the
     same ``ValueError`` as :func:`normalize_slices` for wrong shapes, dtypes and non-finite values.
     """
@@ -47,11 +49,13 @@ def intensity_range(arr: np.ndarray) -> tuple[float, float] | None:
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"slices must be a real numeric array, got dtype {arr.dtype}")
     stack = arr if arr.ndim == 3 else arr[None]
+    area = imaged_area(stack)
     # One pass over chunks of slices: non-finite count, min / max, and the fixed-stride sample
     # (the same elements as ``arr.reshape(-1)[::step]``). Each chunk's pages of a memory-mapped
     # volume are released after use, so the scan never holds the whole file.
-    step = arr.size // _MAX_STAT_VALUES + 1 if arr.size > _MAX_STAT_VALUES else 1
-    per_slice = int(np.prod(stack.shape[1:]))
+    per_slice = int(np.prod(stack.shape[1:])) if area is None else int(area.sum())
+    n_values = per_slice * stack.shape[0]
+    step = n_values // _MAX_STAT_VALUES + 1 if n_values > _MAX_STAT_VALUES else 1
     chunk = max(1, _CHUNK_VALUES // max(per_slice, 1))
     is_float = np.issubdtype(arr.dtype, np.floating)
     n_bad, samples, lo_all, hi_all = 0, [], np.inf, -np.inf
@@ -62,7 +66,8 @@ def intensity_range(arr: np.ndarray) -> tuple[float, float] | None:
         if not n_bad and part.size:
             lo_all, hi_all = min(lo_all, float(part.min())), max(hi_all, float(part.max()))
             first = (-start * per_slice) % step
-            samples.append(np.asarray(part.reshape(-1)[first::step], dtype=np.float64))
+            values = part.reshape(-1) if area is None else part[:, area].reshape(-1)
+            samples.append(np.asarray(values[first::step], dtype=np.float64))
         release_slices(stack, start, start + chunk)
     if n_bad:
         raise ValueError(
@@ -75,6 +80,35 @@ def intensity_range(arr: np.ndarray) -> tuple[float, float] | None:
         # Near-constant data: fall back to the full range (constant data: lo == hi).
         lo, hi = lo_all, hi_all
     return lo, hi
+
+
+def imaged_area(stack: np.ndarray, frames: int = 8) -> np.ndarray | None:
+    """``bool (H, W)``: the pixels of a ``(S, H, W)`` stack that show tissue, or None for all.
+
+    Scanner overlays (text, depth ruler, grey bar, logo) and the black margins around the scan
+    region are the same in every frame, while speckle changes from frame to frame: with 3 or
+    more frames the imaged area is the pixels that differ between up to ``frames`` evenly
+    spaced frames. With fewer frames, or a stack that hardly changes (under 20 % of the pixels
+    vary), it is the pixels above the stack's minimum (the black border and blank margins out).
+    None when that would leave under 20 % of the pixels (nothing to exclude with confidence).
+    """
+    s, h, w = stack.shape
+    if h * w == 0:
+        return None
+    if s >= 3:
+        picks = np.unique(np.linspace(0, s - 1, min(frames, s)).round().astype(int))
+        few = np.stack([np.asarray(stack[k]) for k in picks])
+        varying = few.max(axis=0) != few.min(axis=0)
+        if varying.mean() >= 0.2:
+            return None if varying.all() else varying
+        first = few[0]
+    else:
+        first = np.asarray(stack[0])
+    finite = np.isfinite(first)
+    if not finite.all():
+        return None  # the NaN check reports these
+    above = first > first.min()
+    return None if above.mean() < 0.2 or above.all() else above
 
 
 def normalize_slices(arr: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:

@@ -18,7 +18,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import busy
 from ..finetune import FinetuneConfig, FinetuneResult, TrainingHistory, drain, finetune_and_gate
-from ..layers import as_slices, image_array
+from ..layers import as_slices, image_array, layer_spacing_mm
 from ..segment import check_volume
 from ..session import Session
 from ..io.volumes import check_finite
@@ -141,7 +141,7 @@ class FinetunePanel(Panel):
                 plan.validation, net, config)
         kwargs = {"negatives": self.corrections.corrections.negatives,
                   "should_stop": self._stop.is_set, "project": self.session.project,
-                  "parent": parent}
+                  "parent": parent, "spacing": layer_spacing_mm(image)}
         if sync:
             try:
                 self._on_result(drain(finetune_and_gate(args, kwargs), self._on_record))
@@ -154,7 +154,8 @@ class FinetunePanel(Panel):
         job: Any = finetune_and_gate
         if self._remote(sync):
             job, args = remote_finetune, (self.session, *args[:-1])
-            kwargs = {"config": config, "negatives": kwargs["negatives"], "parent": parent}
+            kwargs = {"config": config, "negatives": kwargs["negatives"], "parent": parent,
+                      "spacing": kwargs["spacing"]}
         else:
             args = (args, kwargs)
             kwargs = {}

@@ -22,7 +22,8 @@ from psygnal import Signal
 
 from src_model.generators import drain
 
-from ..layers import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, ResultLayers, image_array
+from ..layers import (DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, ResultLayers, image_array,
+                      layer_spacing_mm)
 from ..segment import VolumeSegmentation, check_volume, iter_segment
 from ..session import PROJECT, Session
 from ..io.volumes import check_finite
@@ -188,7 +189,8 @@ class Segmenter(VolumeFlush):
             volume, kept, net, device = prepared
             k = shown_slice(self.session.viewer, self.session.image_layer)
             drain(iter_segment(volume, net, device=device, batch_size=1, slices=[k],
-                               out=kept.result))
+                               out=kept.result,
+                               spacing=layer_spacing_mm(self.session.image_layer)))
         except Exception as exc:  # GUI boundary
             show_error(f"Segmenting slice {k} failed: {exc}")
             return None
@@ -237,7 +239,8 @@ class Segmenter(VolumeFlush):
         self.running.emit(True)
         self.status.emit(f"segmenting {run.total} slices…")
         self.progress.emit(0, run.total)
-        kwargs = {"device": device, "batch_size": self.batch_size, "out": kept.result}
+        kwargs = {"device": device, "batch_size": self.batch_size, "out": kept.result,
+                  "spacing": layer_spacing_mm(self.session.image_layer)}
         self._sync = sync
         if sync:
             self._open_activity(run)

@@ -32,16 +32,17 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def evaluate_model(model, volumes, batch_size: int | None = None) -> dict[str, Any]:
-    """Segment every test volume with ``model`` and score all slices together."""
-    from src_model.metrics import evaluate_masks
+    """Segment every test volume with ``model`` (at its pixel spacing, when the volume knows it)
+    and score all slices together; volumes may differ in size."""
+    from src_model.metrics import SegmentationEvaluator
 
     from ..segment import segment_array
 
-    preds, truths = [], []
+    evaluator = SegmentationEvaluator()
     for v in volumes:
-        preds.append(segment_array(v.volume, model, batch_size=batch_size).labels)
-        truths.append(v.labels)
-    return evaluate_masks(np.concatenate(preds), np.concatenate(truths))
+        evaluator.process(segment_array(v.volume, model, batch_size=batch_size,
+                                        spacing=getattr(v, "spacing", None)).labels, v.labels)
+    return evaluator.evaluate()
 
 
 def tune_test_rois(model, images: Any, truth: np.ndarray,

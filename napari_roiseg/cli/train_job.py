@@ -5,7 +5,8 @@ Used by ``roiseg train`` (one process) and, unchanged, by ``torchrun -m napari_r
 (``scripts/make_default_model.py``) and the Table 1 comparison. No napari import here.
 
 Data sources are folders holding ``volume.tif`` and ``labels.tif`` (what ``roiseg generate``
-writes) or phantom specs ``phantom:SEED`` / ``phantom:SEED:SLICES`` generated on the fly.
+writes) or phantom specs ``phantom:SEED`` / ``phantom:SEED:SLICES`` /
+``phantom2:SEED[:FRAMES[:LABEL]]`` generated on the fly.
 """
 
 from __future__ import annotations
@@ -22,15 +23,32 @@ import numpy as np
 
 @dataclass(frozen=True)
 class LabelledVolume:
-    """One training or test volume: ``volume`` (S, H, W) and ``labels`` (S, H, W) uint8."""
+    """One training or test volume: ``volume`` (S, H, W) and ``labels`` (S, H, W) uint8;
+    ``spacing`` its voxel size (z, y, x) in mm, None when unknown."""
 
     name: str
     volume: np.ndarray
     labels: np.ndarray
+    spacing: Any = None
 
 
 def load_source(spec: str, shape: tuple[int, int] | None = None) -> LabelledVolume:
-    """Load one data source: a folder with volume.tif + labels.tif, or ``phantom:SEED[:SLICES]``."""
+    """Load one data source: a folder with volume.tif + labels.tif, ``phantom:SEED[:SLICES]``
+    or a phantom v2 sweep ``phantom2:SEED[:FRAMES[:LABEL]]`` (LABEL roof or ilium_roof; its own
+    drawn frame size and pixel spacing, overlays burned in)."""
+    if spec.startswith("phantom2:"):
+        from sample_data.phantom_v2 import make_phantom_v2
+
+        parts = spec.split(":")
+        try:
+            seed = int(parts[1])
+            n_slices = int(parts[2]) if len(parts) > 2 else 24
+            label = parts[3] if len(parts) > 3 else "roof"
+            ph = make_phantom_v2(seed, n_slices=n_slices, label=label)
+        except (IndexError, ValueError) as exc:
+            raise ValueError(f"bad phantom v2 spec {spec!r} ({exc}): write "
+                             "phantom2:SEED, phantom2:SEED:FRAMES or phantom2:SEED:FRAMES:LABEL")
+        return LabelledVolume(spec, ph.volume, ph.labels, ph.spacing)
     if spec.startswith("phantom:"):
         from sample_data.phantom import make_phantom
 
@@ -42,7 +60,7 @@ def load_source(spec: str, shape: tuple[int, int] | None = None) -> LabelledVolu
             raise ValueError(f"bad phantom spec {spec!r}: write phantom:SEED or phantom:SEED:SLICES")
         kwargs = {"shape": shape} if shape else {}
         ph = make_phantom(seed=seed, n_slices=n_slices, **kwargs)
-        return LabelledVolume(spec, ph.volume, ph.labels)
+        return LabelledVolume(spec, ph.volume, ph.labels, ph.spacing)
     from ..io.volumes import read_volume
 
     folder = Path(spec)
@@ -51,11 +69,12 @@ def load_source(spec: str, shape: tuple[int, int] | None = None) -> LabelledVolu
         raise ValueError(
             f"{spec!r} is not a training folder: it must contain volume.tif and labels.tif "
             "(as written by `roiseg generate`), or use phantom:SEED")
-    volume = np.asarray(read_volume(vol_path).data)
+    read = read_volume(vol_path)
+    volume = np.asarray(read.data)
     labels = np.asarray(read_volume(lab_path).data)
     if volume.shape != labels.shape:
         raise ValueError(f"{spec}: volume {volume.shape} and labels {labels.shape} differ in shape")
-    return LabelledVolume(folder.name, volume, (labels != 0).astype(np.uint8))
+    return LabelledVolume(folder.name, volume, (labels != 0).astype(np.uint8), read.spacing_mm)
 
 
 def validation_arrays(volumes: Iterable[LabelledVolume], every: int = 1,
@@ -91,6 +110,10 @@ def train_model(
     ``train`` is a list of volumes or an already built ``SliceDataset`` (then ``negatives`` and
     ``augment`` are its own). ``model`` None builds a fresh one from ``preset``. Every progress
     record is handed to ``on_progress``; ``should_stop`` is polled between steps.
+
+    Volumes are resampled to the model's resolution reference (``src_model.resolution``; a model
+    without one takes the first volume's), and the trained model records the reference it was
+    trained at. A ``SliceDataset`` is used as it is.
     """
     import torch
 
@@ -104,6 +127,8 @@ def train_model(
     if model is None:
         torch.manual_seed(train_config.seed)
         model = build_model(get_preset(preset))
+    if not isinstance(train, SliceDataset):
+        train = match_resolution(model, list(train))
     dataset = train if isinstance(train, SliceDataset) else SliceDataset(
         [(v.volume, v.labels) for v in train], negatives=negatives, augment=augment,
         seed=train_config.seed)
@@ -112,12 +137,36 @@ def train_model(
     return model, drain(gen, on_progress)
 
 
+def match_resolution(model: Any, volumes: list[LabelledVolume]) -> list[LabelledVolume]:
+    """``volumes`` resampled to ``model``'s resolution reference (its own, or the first volume's
+    when it has none), which ``model.config`` then records (``src_model.resolution``)."""
+    from src_model.resolution import model_size, reference_of, resample_pair
+
+    config = getattr(model, "config", None)
+    if config is None or not volumes or not hasattr(config, "pixel_spacing_mm"):
+        return volumes
+    first = volumes[0]
+    reference = reference_of(config, first.volume.shape, first.spacing)
+    if not (config.pixel_spacing_mm or config.frame_height_px):
+        config = config.replace(**reference)  # a fresh model: the data's own
+    out = []
+    for v in volumes:
+        size = model_size(config, v.volume.shape, v.spacing)
+        if size != tuple(v.volume.shape[-2:]):
+            vol, lab = resample_pair(v.volume, v.labels, size)
+            v = LabelledVolume(v.name, vol, lab, v.spacing)
+        out.append(v)
+    model.config = config.replace(**reference)
+    return out
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="roiseg train",
         description="Train an RPN-FCN (or baseline) model on labelled volumes and write a checkpoint.")
     p.add_argument("sources", nargs="+",
-                   help="folders with volume.tif + labels.tif, or phantom:SEED[:SLICES]")
+                   help="folders with volume.tif + labels.tif, phantom:SEED[:SLICES] or "
+                        "phantom2:SEED[:FRAMES[:LABEL]]")
     p.add_argument("--out", required=True, help="checkpoint file to write (atomically)")
     p.add_argument("--preset", default="fast", help="model preset: fast or paper (default fast)")
     p.add_argument("--arch", default=None,

@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -43,6 +43,7 @@ __all__ = [
     "VolumeReadError",
     "VolumeReadWarning",
     "read_volume",
+    "spacing_in_mm",
     "write_labels_tiff",
     "write_volume_tiff",
     "write_boxes_csv",
@@ -87,6 +88,28 @@ class Volume:
     source: str
     name: str
     unit: str | None = None
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float] | None:
+        """``spacing`` in mm when the file says its unit (None when it does not): what the
+        model's resolution matching (``src_model.resolution``) needs."""
+        return spacing_in_mm(self.spacing, self.unit)
+
+
+# Length units as files and napari write them -> mm.
+_UNIT_MM = {"mm": 1.0, "millimeter": 1.0, "millimetre": 1.0, "cm": 10.0, "centimeter": 10.0,
+            "m": 1000.0, "meter": 1000.0, "metre": 1000.0, "um": 1e-3, "µm": 1e-3, "μm": 1e-3,
+            "micron": 1e-3, "micrometer": 1e-3, "micrometre": 1e-3, "nm": 1e-6}
+
+
+def spacing_in_mm(spacing: Sequence[float] | None, unit: Any) -> tuple[float, ...] | None:
+    """``spacing`` converted to mm from ``unit`` (a name such as "mm", "micron", "cm"); None when
+    the unit is unknown or missing, or a size is not positive."""
+    factor = _UNIT_MM.get(str(unit).strip().lower()) if unit is not None else None
+    if factor is None or spacing is None:
+        return None
+    values = tuple(float(v) * factor for v in spacing)
+    return values if all(np.isfinite(v) and v > 0 for v in values) else None
 
 
 def read_volume(path: PathLike | Sequence[PathLike], *, mmap: bool | None = None) -> Volume:

@@ -17,7 +17,7 @@ from .child import JobContext
 
 
 def segment(context: JobContext, *, volume: ArrayRef, labels: ArrayRef, model: tuple,
-            device: str, batch_size: int | None = None) -> Any:
+            device: str, batch_size: int | None = None, spacing: Any = None) -> Any:
     """Segment every slice of ``volume`` into ``labels`` (written in place). Yields, per
     batch, ``(done, total, box rows, review stats)`` of the slices it finished; returns
     "stopped" or "done"."""
@@ -28,7 +28,8 @@ def segment(context: JobContext, *, volume: ArrayRef, labels: ArrayRef, model: t
                              np.zeros(image.shape[0], bool))
     net = context.model(model)
     sent_rows = sent = 0
-    for done, total in iter_segment(image, net, device=device, batch_size=batch_size, out=out):
+    for done, total in iter_segment(image, net, device=device, batch_size=batch_size, out=out,
+                                    spacing=spacing):
         rows, sent_rows = out.boxes[sent_rows:], len(out.boxes)
         yield done, total, rows, out.stats[sent:done]
         sent = done
@@ -39,7 +40,7 @@ def segment(context: JobContext, *, volume: ArrayRef, labels: ArrayRef, model: t
 
 def finetune(context: JobContext, *, image: ArrayRef, labels: ArrayRef, train: list[int],
              validation: list[int], model: tuple, config: Any, negatives: list[int],
-             project: str, parent: str | None) -> Any:
+             project: str, parent: str | None, spacing: Any = None) -> Any:
     """``finetune.finetune_and_gate`` in the process; Stop is ``context.stop_requested``.
     The new version is saved in the project by the process; the result's ``model`` is None
     (the GUI process loads the version from the project)."""
@@ -48,7 +49,7 @@ def finetune(context: JobContext, *, image: ArrayRef, labels: ArrayRef, train: l
 
     args = (image.open(), labels.open(), train, validation, context.model(model), config)
     kwargs = {"negatives": negatives, "should_stop": context.stop_requested,
-              "project": Project(project), "parent": parent}
+              "project": Project(project), "parent": parent, "spacing": spacing}
     result, decision, problem = yield from finetune_and_gate(args, kwargs)
     result.model = None
     return result, decision, problem

@@ -18,7 +18,8 @@ __all__ = ["remote_finetune", "remote_segment"]
 
 
 def remote_segment(session: Any, volume: np.ndarray, model: tuple, *, device: str, out: Any,
-                   batch_size: int | None = None) -> Generator[tuple[int, int], None, Any]:
+                   batch_size: int | None = None, spacing: Any = None
+                   ) -> Generator[tuple[int, int], None, Any]:
     """Segment every slice of ``volume`` in the model process into ``out`` (a
     ``VolumeSegmentation``: labels, done flags, review stats and box rows filled batch by
     batch, as ``iter_segment(out=...)`` does); yields ``(done, total)``. A cancel that had to
@@ -37,7 +38,8 @@ def remote_segment(session: Any, volume: np.ndarray, model: tuple, *, device: st
         out.boxes = np.zeros((0, 6), np.float32)
         sent = 0
         job = worker.run("segment", volume=volume_ref, labels=labels_ref, model=model,
-                         device=device, batch_size=batch_size)
+                         device=device, batch_size=batch_size,
+                         spacing=None if spacing is None else [float(v) for v in spacing])
         try:
             for done, total, new_rows, stats in job:
                 out.labels[sent:done] = shared[sent:done]
@@ -58,7 +60,8 @@ def remote_segment(session: Any, volume: np.ndarray, model: tuple, *, device: st
 
 def remote_finetune(session: Any, image: np.ndarray, labels: np.ndarray, train: Sequence[int],
                     validation: Sequence[int], model: tuple, config: Any, *,
-                    negatives: Sequence[int], parent: str | None) -> Generator[Any, None, Any]:
+                    negatives: Sequence[int], parent: str | None, spacing: Any = None
+                    ) -> Generator[Any, None, Any]:
     """``finetune.finetune_and_gate`` in the model process, in the session's project: yields
     the training records, returns ``(result, gate decision or None, problem)`` with the new
     version loaded from the project as ``result.model``."""
@@ -71,7 +74,8 @@ def remote_finetune(session: Any, image: np.ndarray, labels: np.ndarray, train: 
         result, decision, problem = yield from worker.run(
             "finetune", image=image_ref, labels=labels_ref, train=[int(k) for k in train],
             validation=[int(k) for k in validation], model=model, config=config,
-            negatives=[int(k) for k in negatives], project=str(project.folder), parent=parent)
+            negatives=[int(k) for k in negatives], project=str(project.folder), parent=parent,
+            spacing=None if spacing is None else [float(v) for v in spacing])
     finally:
         arrays.remove(image_ref, labels_ref)
     if result.version:

@@ -66,3 +66,36 @@ def test_batches_normalised_with_the_volume_range_equal_the_whole_volume():
     assert intensity_range(vol.astype(np.uint8)) is None
     with pytest.raises(ValueError, match="NaN or infinite"):
         intensity_range(np.full((2, 8, 8), np.nan, np.float32))
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_burned_in_overlays_and_black_margins_do_not_squash_the_tissue_range(seed):
+    """Phantom v2 frames as 16-bit data with the overlays (text, ruler, bars, logo) at full
+    white and black margins around the scan region: the range is the tissue's, not 0..65535."""
+    from sample_data.phantom_v2 import make_phantom_v2
+    from src_model.preprocess import imaged_area, intensity_range
+
+    ph = make_phantom_v2(seed, n_slices=6)
+    vol = ph.volume.astype(np.uint16) * 64
+    vol[:, ph.overlay_mask] = 65535
+    top, left, height, width = ph.style["fov"]
+    tissue = np.zeros(vol.shape[1:], bool)
+    tissue[top:top + height, left:left + width] = True
+    tissue &= ~ph.overlay_mask
+    assert np.percentile(vol, 99.5) == 65535  # over every pixel, the overlay would set white
+    lo, hi = intensity_range(vol)
+    ref_lo, ref_hi = np.percentile(vol[:, tissue], (0.5, 99.5))
+    assert hi == pytest.approx(ref_hi, rel=0.15) and lo <= ref_lo + 0.05 * ref_hi
+    area = imaged_area(vol)
+    assert not (area & ph.overlay_mask).any() and not area[~tissue].any()
+
+
+def test_one_frame_leaves_its_black_border_out():
+    from src_model.preprocess import imaged_area, intensity_range
+
+    frame = np.zeros((100, 120), np.float32)
+    frame[20:90, 30:110] = np.random.default_rng(0).gamma(2.0, 100.0, (70, 80)) + 50.0
+    area = imaged_area(frame[None])
+    assert area.sum() == 70 * 80
+    lo, _ = intensity_range(frame)
+    assert lo >= 50.0  # not the border's 0
