@@ -87,6 +87,9 @@ def main() -> None:
     if args.retune:  # the weights of an earlier run (its --save); only the choices are redone
         model, saved = load_checkpoint(args.retune)
         outcome = SimpleNamespace(best_step=saved.get("best_step"), state=saved.get("state"))
+        if not (model.config.pixel_spacing_mm or model.config.frame_height_px):
+            # weights from before the resolution reference: what train_model records now
+            model.config = model.config.replace(frame_height_px=size[0])
     else:
         model, outcome = train_model([train], model=model, train_config=cfg, negatives="none",
                                      validation=validation)
@@ -102,7 +105,12 @@ def main() -> None:
                                            "best_step": outcome.best_step,
                                            "state": outcome.state})
     after = evaluate_model(model, [test])
-    for m in (before, after):
+    # The same test images at their native 540 x 800: the model's reference (the training
+    # frames' height, pixel size unknown) resamples them to its own size and maps masks back.
+    native = LabelledVolume("hc18-test-native", np.stack([im for _, im, _ in test_s]),
+                            np.stack([(m != 0).astype(np.uint8) for _, _, m in test_s]))
+    after_native = evaluate_model(model, [native])
+    for m in (before, after, after_native):
         m.pop("per_slice", None)
     report = {
         "train_images": [s[0] for s in train_s], "validation_images": [s[0] for s in val_s],
@@ -114,12 +122,19 @@ def main() -> None:
         "weights_from": args.retune, "torch_threads": torch.get_num_threads(),
         "dice_before": before["per_slice_mean"]["dice"], "dice_after": after["per_slice_mean"]["dice"],
         "pooled_dice_before": before["pooled"]["dice"], "pooled_dice_after": after["pooled"]["dice"],
-        "before": before, "after": after, "state": outcome.state,
+        "pooled_dice_after_native_size": after_native["pooled"]["dice"],
+        "dice_after_native_size": after_native["per_slice_mean"]["dice"],
+        "before": before, "after": after, "after_native_size": after_native,
+        "reference": {"pixel_spacing_mm": model.config.pixel_spacing_mm,
+                      "frame_height_px": model.config.frame_height_px},
+        "state": outcome.state,
     }
     Path(args.report).write_text(json.dumps(report, indent=2))
     print(f"HC18 test dice (40 images, per-image mean / pooled): before "
           f"{report['dice_before']:.3f} / {report['pooled_dice_before']:.3f}, after "
-          f"{report['dice_after']:.3f} / {report['pooled_dice_after']:.3f}; "
+          f"{report['dice_after']:.3f} / {report['pooled_dice_after']:.3f} "
+          f"(native 540x800: {report['dice_after_native_size']:.3f} / "
+          f"{report['pooled_dice_after_native_size']:.3f}); "
           + (f"weights of {args.retune}" if args.retune
              else f"fine-tuning {args.steps} steps took {seconds:.0f} s"))
 

@@ -8,6 +8,12 @@ the ROI refinement head with cross-entropy (chosen by scripts/ablation_head.py).
 validation (50-51: picks the weights by pooled dice and the test-time ROI filter) and test
 (100-107) phantoms have disjoint seeds, so the reported scores are on volumes nothing was tuned
 on. The best weights so far are saved to runs/default_model_partial.pt at every validation.
+
+With ``--v2-seeds`` phantom v2 sweeps (``sample_data.phantom_v2``: frame sizes 256-800 px, pixel
+sizes 0.05-0.3 mm, gain / TGC / speckle / blur varied, scanner overlays burned in) join the
+training set, resampled to the model's 0.15 mm as inference resamples them; v2 validation sweeps
+join the validation (padded to one size) and v2 test sweeps are scored on their own
+(``test_v2`` in the report). ``--init`` continues from a checkpoint instead of starting afresh.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from pathlib import Path
 import torch
 
 from napari_roiseg.cli.compare import evaluate_model, tune_test_time
-from napari_roiseg.cli.train_job import load_source, train_model, validation_arrays
+from napari_roiseg.cli.train_job import load_source, train_model
 from src_model.checkpoint import save_checkpoint
 from src_model.config import get_preset
 from src_model.model import build_model
+from src_model.preprocess import normalize_slices
 from src_model.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +52,13 @@ def main() -> None:
     p.add_argument("--report", default=str(ROOT / "docs" / "default_model.json"))
     p.add_argument("--tune-only", action="store_true",
                    help="skip training: re-tune the ROI filter of --out and re-test it")
+    p.add_argument("--init", default=None, help="start from this checkpoint (e.g. the v1 default)")
+    p.add_argument("--v2-seeds", default=None,
+                   help="also train on phantom v2 sweeps (domain-randomised: sizes, spacings, "
+                        "overlays), e.g. 1-40; resampled to the model's 0.15 mm like inference")
+    p.add_argument("--v2-frames", type=int, default=24)
+    p.add_argument("--v2-val-seeds", default="50-53")
+    p.add_argument("--v2-test-seeds", default="100-107")
     args = p.parse_args()
     lo, hi = (int(t) for t in args.train_seeds.split("-"))
     tlo, thi = (int(t) for t in args.test_seeds.split("-"))
@@ -53,8 +67,15 @@ def main() -> None:
     # Validation on held-out training-distribution volumes, never on the test seeds.
     vlo, vhi = (int(t) for t in args.val_seeds.split("-"))
     val_volumes = [load_source(f"phantom:{s}:{args.slices}") for s in range(vlo, vhi + 1)]
-    val = validation_arrays(val_volumes, every=4)
-    val_raw = validation_arrays(val_volumes, every=4, normalize=False)  # for segment_array
+    v2 = lambda seeds: [load_source(f"phantom2:{s}:{args.v2_frames}:roof")  # noqa: E731
+                        for s in _seeds(seeds)]
+    test_v2 = v2(args.v2_test_seeds) if args.v2_seeds else []
+    if args.v2_seeds:
+        train += v2(args.v2_seeds)
+        val_volumes += v2(args.v2_val_seeds)
+    # Validation at the model's 0.15 mm, frames of other sizes padded (black) to one size.
+    val_raw = padded_validation(val_volumes, float(train[0].spacing[-1]), every=4)
+    val = (normalize_slices(val_raw[0]), val_raw[1])
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       lr_step=args.lr_step, eval_every=args.eval_every, seed=0)
     if args.tune_only:
@@ -66,9 +87,14 @@ def main() -> None:
             # weights from before the resolution reference: the phantoms' own, as training
             # (train_model) records it now
             model.config = model.config.replace(pixel_spacing_mm=float(train[0].spacing[-1]))
-        return _finish(args, model, meta, val_raw, test)
+        return _finish(args, model, meta, val_raw, test, test_v2)
     torch.manual_seed(0)
-    model = build_model(get_preset("fast"))
+    if args.init:
+        from src_model.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(args.init)
+    else:
+        model = build_model(get_preset("fast", pixel_spacing_mm=float(train[0].spacing[-1])))
     t0 = time.perf_counter()
 
     partial = ROOT / "runs" / "default_model_partial.pt"
@@ -95,15 +121,45 @@ def main() -> None:
         "training": {**cfg.to_dict(), "state": outcome.state, "steps_done": outcome.steps_done,
                      "best_step": outcome.best_step,
                      "seconds": round(train_s, 1)},
-        "data": {"train": [v.name for v in train],
-                 "validation": f"phantom:{args.val_seeds} every 4th slice",
+        "data": {"train": [v.name for v in train], "init": args.init,
+                 "validation": [f"{v.name} every 4th slice" for v in val_volumes],
                  "negatives": 0.25, "augment": True},
         "made_by": "scripts/make_default_model.py",
     }
-    _finish(args, model, meta, val_raw, test)
+    _finish(args, model, meta, val_raw, test, test_v2)
 
 
-def _finish(args, model, meta, val, test) -> None:
+def _seeds(text: str) -> range:
+    lo, hi = (int(t) for t in text.split("-"))
+    return range(lo, hi + 1)
+
+
+def padded_validation(volumes, spacing_mm: float, every: int):
+    """Every ``every``-th slice of ``volumes`` resampled to ``spacing_mm`` pixels (as inference
+    does) and padded with black at the bottom / right to one size: ``(raw uint8, truth)``."""
+    import numpy as np
+
+    from src_model.resolution import resample_pair
+
+    parts = []
+    for v in volumes:
+        yx = v.spacing[-2:] if v.spacing is not None else (spacing_mm, spacing_mm)
+        h, w = v.volume.shape[1:]
+        size = (round(h * yx[0] / spacing_mm), round(w * yx[1] / spacing_mm))
+        parts.append(resample_pair(v.volume[::every], v.labels[::every], size))
+    height = max(p[0].shape[1] for p in parts)
+    width = max(p[0].shape[2] for p in parts)
+    raw = np.zeros((sum(len(p[0]) for p in parts), height, width), np.uint8)
+    truth = np.zeros_like(raw)
+    k = 0
+    for vol, lab in parts:
+        n, h, w = vol.shape
+        raw[k:k + n, :h, :w], truth[k:k + n, :h, :w] = vol, lab
+        k += n
+    return raw, truth
+
+
+def _finish(args, model, meta, val, test, test_v2=()) -> None:
     """Tune the test-time ROI filter and margin on validation, test on held-out volumes, save."""
     model.eval()
     chosen = tune_test_time(model, *val)
@@ -114,6 +170,10 @@ def _finish(args, model, meta, val, test) -> None:
     eval_s = time.perf_counter() - t1
     metrics.pop("per_slice", None)
     meta["test"] = {"volumes": [v.name for v in test], "metrics": metrics}
+    if test_v2:  # phantom v2 sweeps, each at its own pixel spacing (resampled by the engine)
+        m2 = evaluate_model(model, test_v2)
+        m2.pop("per_slice", None)
+        meta["test_v2"] = {"volumes": [v.name for v in test_v2], "metrics": m2}
     save_checkpoint(args.out, model, meta)
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(json.dumps({**meta, "eval_seconds": round(eval_s, 1),

@@ -31,6 +31,8 @@ __all__ = [
     "UltrasoundAugment",
     "SliceDataset",
     "collate_slices",
+    "SizeGroupedSampler",
+    "mixed_sizes",
     "split_by_volume",
 ]
 
@@ -210,6 +212,42 @@ class SliceDataset(Dataset):
             "masks": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64)),
         }
         return torch.from_numpy(image[None]), target
+
+
+class SizeGroupedSampler(torch.utils.data.Sampler[int]):
+    """Endless seeded indices of a :class:`SliceDataset` whose volumes differ in slice size, in
+    runs of ``batch_size`` that share one size (a batch must: :func:`collate_slices`).
+
+    Each run picks a size group with probability proportional to its number of items, then
+    ``batch_size`` items of it (a permutation, or with repeats when the group is smaller). A
+    DataLoader with the same ``batch_size`` (or a divisor of it) then gets one size per batch.
+    """
+
+    def __init__(self, dataset: SliceDataset, batch_size: int, seed: int = 0) -> None:
+        if len(dataset) == 0:
+            raise ValueError("the training set is empty: give at least one slice to train on")
+        sizes = [tuple(dataset.volumes[v][0].shape[-2:]) for v, _ in dataset.index]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, size in enumerate(sizes):
+            groups.setdefault(size, []).append(i)
+        self.groups = [np.array(g, np.int64) for g in groups.values()]
+        self.batch_size, self.seed = int(batch_size), int(seed)
+
+    def __iter__(self):
+        rng = np.random.default_rng(self.seed)
+        weights = np.array([len(g) for g in self.groups], float)
+        weights /= weights.sum()
+        while True:
+            group = self.groups[rng.choice(len(self.groups), p=weights)]
+            replace = len(group) < self.batch_size
+            yield from rng.choice(group, size=self.batch_size, replace=replace).tolist()
+
+
+def mixed_sizes(dataset: Any) -> bool:
+    """Whether ``dataset`` is a :class:`SliceDataset` whose volumes differ in slice size."""
+    if not isinstance(dataset, SliceDataset):
+        return False
+    return len({tuple(v.shape[-2:]) for v, _ in dataset.volumes}) > 1
 
 
 def collate_slices(batch: Sequence[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, list[dict]]:

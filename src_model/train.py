@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .data import collate_slices
+from .data import SizeGroupedSampler, collate_slices, mixed_sizes
 from .device import resolve_device
 from .distributed import ShardedInfiniteSampler
 
@@ -201,6 +201,9 @@ def train_iter(
         if config.lr_step > 0
         else None
     )
+    if sampler is None and mixed_sizes(dataset):  # each batch must be of one slice size
+        sampler = SizeGroupedSampler(dataset, config.batch_size, config.seed)
+
     def make_batches(batch_size: int) -> Any:
         return iter(DataLoader(
             dataset,

@@ -230,6 +230,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             torch.manual_seed(args.seed)  # identical initial weights on every rank
             model = build_model(get_preset(args.preset, **overrides))
             parent = None
+        volumes = match_resolution(model, volumes)  # at the model's pixel size, recorded
         anchors = None
         if not any(item.startswith(("anchor_sizes=", "aspect_ratios=")) for item in args.set):
             from src_model.anchor_fit import adapt_model_anchors

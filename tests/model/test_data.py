@@ -164,3 +164,23 @@ def test_split_by_volume_never_shares_a_volume():
         split_by_volume(["a", "a"])
     with pytest.raises(ValueError, match="test_fraction"):
         split_by_volume(ids, test_fraction=1.0)
+
+
+def test_slices_of_several_sizes_train_in_batches_of_one_size():
+    from src_model.data import SizeGroupedSampler, SliceDataset, collate_slices, mixed_sizes
+
+    def pair(h, w, n):
+        vol = np.zeros((n, h, w), np.uint8)
+        lab = np.zeros_like(vol)
+        lab[:, 5:9, 5:9] = 1
+        return vol, lab
+
+    ds = SliceDataset([pair(40, 32, 6), pair(48, 40, 2), pair(40, 32, 3)])
+    assert mixed_sizes(ds) and not mixed_sizes(SliceDataset([pair(40, 32, 2)]))
+    stream = iter(SizeGroupedSampler(ds, batch_size=4, seed=0))
+    seen = set()
+    for _ in range(40):
+        batch = [ds[next(stream)] for _ in range(4)]
+        images, _ = collate_slices(batch)  # raises if the sizes differ
+        seen.add(tuple(images.shape[-2:]))
+    assert seen == {(40, 32), (48, 40)}

@@ -48,12 +48,17 @@ def _free_port() -> int:
 def _segment(study: Path, out: Path, ckpt: Path, nproc: int) -> None:
     args = ["segment", str(study), "--out", str(out), "--model", str(ckpt), "--device", "cpu",
             "--quiet"]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-              "--master-addr", "127.0.0.1", "--master-port", str(_free_port())] if nproc > 1 else [
-              sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([*launch, "-m", "napari_roiseg.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    for _ in range(3):
+        # The free port is released before torchrun binds it: another program may take it in
+        # between. Only that (address in use) is tried again, with a new port.
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                  "--master-addr", "127.0.0.1", "--master-port", str(_free_port())
+                  ] if nproc > 1 else [sys.executable]
+        proc = subprocess.run([*launch, "-m", "napari_roiseg.cli", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        if proc.returncode == 0 or "address already in use" not in proc.stderr.lower():
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

@@ -94,3 +94,19 @@ def test_train_fits_anchors_to_a_large_structure_unless_told_to_keep(tmp_path):
         sizes = model.config.anchor_sizes
         assert (min(sizes) > 64) is refit and len(sizes) == 3
         assert (meta["anchors"] is not None and meta["anchors"]["refit"]) is refit
+
+
+def test_train_on_sources_of_two_pixel_sizes_records_the_reference(tmp_path):
+    """A phantom v2 sweep (0.198 mm pixels, 264 x 636) and a v1 phantom (0.15 mm, 367 x 192):
+    the second is resampled to the first's pixel size, batches keep one size each, and the
+    checkpoint records 0.198 mm for inference to resample to."""
+    from sample_data.phantom_v2 import draw_style
+    from src_model.checkpoint import load_checkpoint
+
+    ckpt = tmp_path / "mixed.pt"
+    assert main(["train", "phantom2:1:3", "phantom:3:3", "--steps", "2", "--batch-size", "2",
+                 "--quiet", "--out", str(ckpt)]) == 0
+    model, meta = load_checkpoint(ckpt)
+    assert meta["training"]["steps_done"] == 2
+    assert model.config.pixel_spacing_mm == pytest.approx(draw_style(1).spacing_mm)
+    assert model.config.frame_height_px is None
