@@ -56,7 +56,9 @@ class FinetuneConfig:
     """Fine-tuning settings. ``epochs`` (when set) overrides ``steps``: one epoch is one pass over
     the training slices. ``eval_every`` 0 validates about 20 times per run. ``anchors``: "auto"
     refits the RPN anchors to the training slices' boxes when the model's own match them poorly
-    (``src_model.anchor_fit.adapt_model_anchors``), "fit" always, "keep" never."""
+    (``src_model.anchor_fit.adapt_model_anchors``), "fit" always, "keep" never. ``tune_rois``:
+    after training, pick the RPN-FCN test-time ROI filter and margin on the validation slices
+    by pooled dice (``cli.compare.tune_test_time``, as the shipped model's were picked)."""
 
     steps: int = 60
     epochs: float | None = None
@@ -67,6 +69,7 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     anchors: str = "auto"
+    tune_rois: bool = True
 
     def total_steps(self, n_train: int) -> int:
         if self.epochs is not None:
@@ -172,11 +175,12 @@ class FinetuneResult:
     parent: str | None = None
     version: str | None = None
     anchors: dict[str, Any] | None = None
+    roi_filter: dict[str, Any] | None = None
 
     def info(self, config: FinetuneConfig) -> dict[str, Any]:
         """Plain-data description stored with the version."""
         return {"parent": self.parent, "state": self.state, "steps_done": self.steps_done,
-                "anchors": self.anchors,
+                "anchors": self.anchors, "roi_filter": self.roi_filter,
                 "train_slices": list(self.train), "validation_slices": list(self.validation),
                 "negative_slices": list(self.negatives), "seconds": round(self.seconds, 2),
                 "metrics_before": metrics_summary(self.before),
@@ -299,12 +303,27 @@ def iter_finetune(
         history.add(record)
         yield record
     net.eval()
+    after, roi_filter = outcome.best_metrics, None
+    if (config.tune_rois and val is not None and outcome.state == "finished"
+            and getattr(net.config, "arch", None) == "rpn_fcn"):
+        # The parent's ROI filter and margin were chosen for its own data: choose them again
+        # on the validation slices (as uint8 at the model's size, where segment_array resamples
+        # nothing), then score the kept weights with them.
+        from src_model.train import validate
+
+        from .cli.compare import tune_test_time
+
+        raw = np.round(np.clip(val[0], 0.0, 1.0) * 255).astype(np.uint8)
+        chosen = tune_test_time(net, raw, val[1])
+        roi_filter = {k: v for k, v in chosen.items() if not k.startswith("validation")}
+        after = validate(net, val[0], val[1], device=tc.device)
+        net.eval()
     last = outcome.history[-1] if outcome.history else None
     result = FinetuneResult(
         net, outcome.state, outcome.steps_done, tuple(train), tuple(validation), tuple(negatives),
         outcome.history[0].metrics if val is not None and outcome.history else None,
-        outcome.best_metrics, history, last.message if last else "", time.perf_counter() - t0,
-        parent, anchors=anchors)
+        after, history, last.message if last else "", time.perf_counter() - t0,
+        parent, anchors=anchors, roi_filter=roi_filter)
     if project is not None and result.steps_done > 0 and result.state in ("finished", "stopped"):
         result.version = project.add_version(net, result.info(config))
     return result
@@ -377,6 +396,7 @@ def finetune(
     anchors: str = "auto",
     on_progress: Callable[[Any], None] | None = None,
     spacing: Any = "auto",
+    tune_rois: bool = True,
 ) -> nn.Module:
     """Fine-tune a model on corrected slices and return the new model version.
 
@@ -424,6 +444,9 @@ def finetune(
         reference, as inference does, and the new version records what it was tuned at
         (``src_model.resolution``). "auto": the image layer's scale when its unit is known,
         else unknown (None): the new version then takes frames of this height as its reference.
+    tune_rois : bool
+        After training, choose the test-time ROI filter (RPN score threshold, top-k, one
+        structure) and ROI margin again on the validation slices, by pooled dice.
 
     Raises
     ------
@@ -454,14 +477,15 @@ def finetune(
         return _finetune(image, labels, slices, model, steps, validation=validation,
                          negatives=negatives, lr=lr, batch_size=batch_size, epochs=epochs,
                          augment=augment, project=project, device=device, seed=seed,
-                         anchors=anchors, on_progress=on_progress, spacing=spacing)
+                         anchors=anchors, on_progress=on_progress, spacing=spacing,
+                         tune_rois=tune_rois)
 
 
 def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any, steps: int, *,
               validation: Sequence[int] | None, negatives: Sequence[int], lr: float,
               batch_size: int, epochs: float | None, augment: bool, project: Any, device: str,
               seed: int, anchors: str, on_progress: Callable[[Any], None] | None,
-              spacing: Any = "auto") -> nn.Module:
+              spacing: Any = "auto", tune_rois: bool = True) -> nn.Module:
     labels_arr = _as_array(labels)
     if labels_arr.ndim == 2:
         labels_arr = labels_arr[None]
@@ -480,7 +504,8 @@ def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any,
     plan = (locked_plan(pool, locked, validation=validation) if locked
             else plan_slices(pool, validation=validation))
     config = FinetuneConfig(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size,
-                            augment=augment, seed=seed, device=device, anchors=anchors)
+                            augment=augment, seed=seed, device=device, anchors=anchors,
+                            tune_rois=tune_rois)
     if not plan.train:  # before anything is written
         raise ValueError("no training slices: correct some slices (or mark them) first" + (
             f" (slices {format_slices(locked)} are locked: the gate's held-out test, never "

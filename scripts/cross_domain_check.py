@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--label", default="ilium_roof", choices=["roof", "ilium_roof"])
     p.add_argument("--steps", type=int, default=None, help="default: the API's")
     p.add_argument("--lr", type=float, default=None, help="default: the API's")
+    p.add_argument("--no-tune-rois", action="store_true",
+                   help="keep the starting model's ROI filter (the API re-picks it by default)")
     p.add_argument("--no-unet", action="store_true")
     p.add_argument("--report", default=str(ROOT / "docs" / "cross_domain.json"))
     args = p.parse_args()
@@ -78,6 +80,8 @@ def main() -> None:
     labels = np.concatenate([ph.labels for ph in tune])
     labelled = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1)).tolist()
     options = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
+    if args.no_tune_rois:
+        options["tune_rois"] = False
     start = args.model
 
     before = score(lambda v: segment_array(v, start).labels, test)
@@ -98,7 +102,9 @@ def main() -> None:
                      "options": options or "API defaults", "config_reference": {
                          "pixel_spacing_mm": net.config.pixel_spacing_mm,
                          "frame_height_px": net.config.frame_height_px},
-                     "anchor_sizes": list(net.config.anchor_sizes)},
+                     "anchor_sizes": list(net.config.anchor_sizes),
+                     "roi_filter": summary.get("roi_filter"),
+                     "validation_slices": summary.get("validation_slices")},
         "rpn_fcn_before": before, "rpn_fcn_after": after,
     }
     print(f"RPN-FCN before {before['dice']:.3f}, after fine-tuning ({tune_s:.0f} s) "

@@ -231,6 +231,14 @@ def test_iter_finetune_saves_a_version_and_keeps_the_start_model(tmp_path, phant
     info = project.versions["v001"]
     assert info["train_slices"] == [2, 4, 6, 9] and info["validation_slices"] == [7]
     assert info["negative_slices"] == [0] and info["metrics_before"]["per_slice_mean"]
+    # the ROI filter and margin were chosen again on the validation slice, and are the new
+    # version's test-time settings
+    chosen = info["roi_filter"]
+    assert set(chosen) == {"score_threshold", "top_k", "single_object", "test_roi_margin"}
+    cfg = project.load_version("v001").config
+    assert (cfg.test_score_threshold, cfg.test_top_k, cfg.test_single_object,
+            cfg.test_roi_margin) == (chosen["score_threshold"], chosen["top_k"],
+                                     chosen["single_object"], chosen["test_roi_margin"])
     h = result.history
     assert h.loss_steps == [1, 2, 3] and h.metric_steps[0] == 0 and h.before is not None
 
