@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .finetune import evaluate
+from .finetune import DEFAULT_STEPS, evaluate
 from .finetune import finetune as _finetune
 from .layers import (DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, add_result_layers, image_array,
                      layer_spacing_mm)
@@ -162,7 +162,7 @@ def _is_auto(spacing: Any) -> bool:
 
 
 def finetune(image: Any = None, labels: Any = None, slices: Any = None, model: Any = None,
-             steps: int = 60, *, session: Any = None, **options: Any) -> Any:
+             steps: int = DEFAULT_STEPS, *, session: Any = None, **options: Any) -> Any:
     """Fine-tune a model on corrected slices (``finetune.finetune``, whose docstring says
     everything else) and return the new model.
 

@@ -62,8 +62,13 @@ def main() -> None:
     p.add_argument("--label", default="ilium_roof", choices=["roof", "ilium_roof"])
     p.add_argument("--steps", type=int, default=None, help="default: the API's")
     p.add_argument("--lr", type=float, default=None, help="default: the API's")
-    p.add_argument("--no-tune-rois", action="store_true",
-                   help="keep the starting model's ROI filter (the API re-picks it by default)")
+    p.add_argument("--tune-rois", action="store_true",
+                   help="re-pick the ROI filter on the validation frames (finetune(tune_rois=True))")
+    p.add_argument("--no-tune-rois", action="store_true", help="(the default; kept for old commands)")
+    p.add_argument("--no-negatives", action="store_true",
+                   help="train on the labelled frames only (default: the tune sweeps' frames "
+                        "without the structure are passed as negatives, as an annotator marks "
+                        "empty frames)")
     p.add_argument("--no-unet", action="store_true")
     p.add_argument("--report", default=str(ROOT / "docs" / "cross_domain.json"))
     args = p.parse_args()
@@ -80,8 +85,11 @@ def main() -> None:
     labels = np.concatenate([ph.labels for ph in tune])
     labelled = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1)).tolist()
     options = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
-    if args.no_tune_rois:
-        options["tune_rois"] = False
+    if args.tune_rois:
+        options["tune_rois"] = True
+    empty = sorted(set(range(len(image))) - set(labelled))
+    if not args.no_negatives:
+        options["negatives"] = empty
     start = args.model
 
     before = score(lambda v: segment_array(v, start).labels, test)
@@ -96,7 +104,8 @@ def main() -> None:
             if v is not None and k != "report" and not isinstance(v, bool)),
         "style": style.to_dict(), "label": args.label, "frames_per_sweep": args.frames,
         "tune_seeds": seeds[:3], "test_seeds": seeds[3:], "tune_frames": len(image),
-        "tune_frames_labelled": len(labelled), "torch_threads": torch.get_num_threads(),
+        "tune_frames_labelled": len(labelled),
+        "negatives": 0 if args.no_negatives else len(empty), "torch_threads": torch.get_num_threads(),
         "start_model": start or "shipped default",
         "finetune": {"seconds": round(tune_s, 1), "steps": summary.get("steps_done"),
                      "options": options or "API defaults", "config_reference": {
@@ -110,29 +119,30 @@ def main() -> None:
     print(f"RPN-FCN before {before['dice']:.3f}, after fine-tuning ({tune_s:.0f} s) "
           f"{after['dice']:.3f} (P {after['precision']:.3f} R {after['recall']:.3f})", flush=True)
     if not args.no_unet:
-        report["unet_same_time"] = train_unet(tune, labelled, tune_s, test)
+        frames = labelled if args.no_negatives else list(range(len(image)))
+        report["unet_same_time"] = train_unet(tune, frames, tune_s, test)
         u = report["unet_same_time"]
         print(f"U-Net from scratch, same {tune_s:.0f} s ({u['steps']} steps): {u['dice']:.3f}")
     Path(args.report).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.report}")
 
 
-def train_unet(tune, labelled, seconds: float, test) -> dict:
-    """The project's U-Net, from scratch, Dice + CE, on the same labelled frames, for ``seconds``."""
+def train_unet(tune, frames, seconds: float, test) -> dict:
+    """The project's U-Net, from scratch, Dice + CE, on the same frames, for ``seconds``."""
     from napari_roiseg.cli.train_job import LabelledVolume, train_model
     from napari_roiseg.segment import segment_array
     from src_model.config import get_preset
     from src_model.model import build_model
     from src_model.train import TrainConfig
 
-    image = np.concatenate([ph.volume for ph in tune])[labelled]
-    labels = np.concatenate([ph.labels for ph in tune])[labelled]
+    image = np.concatenate([ph.volume for ph in tune])[frames]
+    labels = np.concatenate([ph.labels for ph in tune])[frames]
     torch.manual_seed(0)
     model = build_model(get_preset("fast", arch="unet", seg_loss="dice_ce"))
     deadline = time.perf_counter() + seconds
     cfg = TrainConfig(steps=100_000, batch_size=4, lr=1e-3, seed=0, lr_step=0)
     model, outcome = train_model([LabelledVolume("tune", image, labels)], model=model,
-                                 train_config=cfg, negatives="none", augment=True,
+                                 train_config=cfg, negatives="all", augment=True,
                                  should_stop=lambda: time.perf_counter() > deadline)
     model.eval()
     return {**score(lambda v: segment_array(v, model).labels, test),

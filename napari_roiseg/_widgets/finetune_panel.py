@@ -17,7 +17,8 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from .. import busy
-from ..finetune import FinetuneConfig, FinetuneResult, TrainingHistory, drain, finetune_and_gate
+from ..finetune import (DEFAULT_LR, DEFAULT_STEPS, FinetuneConfig, FinetuneResult, TrainingHistory,
+                        drain, finetune_and_gate)
 from ..layers import as_slices, image_array, layer_spacing_mm
 from ..segment import check_volume
 from ..session import Session
@@ -44,9 +45,9 @@ class FinetunePanel(Panel):
         self.last_result: FinetuneResult | None = None
         self._stop = threading.Event()
         self._token: busy.RunToken | None = None
-        self._amount = SpinBox(label="length", min=1, max=100000, value=60)
+        self._amount = SpinBox(label="length", min=1, max=100000, value=DEFAULT_STEPS)
         self._unit = ComboBox(label="unit", choices=["steps", "epochs"], value="steps")
-        self._lr = ComboBox(label="learning rate", choices=LEARNING_RATES, value=1e-4)
+        self._lr = ComboBox(label="learning rate", choices=LEARNING_RATES, value=DEFAULT_LR)
         self._batch = SpinBox(label="batch size", min=1, max=32, value=4,
                               tooltip="training slices per step")
         self._start_button = PushButton(text="Start")

@@ -219,7 +219,8 @@ def test_iter_finetune_saves_a_version_and_keeps_the_start_model(tmp_path, phant
     labels = phantom.labels
     records = []
     gen = iter_finetune(phantom.volume, labels, [2, 4, 6, 9], [7], net,
-                        FinetuneConfig(steps=3, batch_size=2, device="cpu", augment=False),
+                        FinetuneConfig(steps=3, batch_size=2, device="cpu", augment=False,
+                                       tune_rois=True),
                         negatives=[0], project=project)
     result = drain(gen, records.append)
     assert [r.step for r in records][:1] == [0] and records[0].metrics is not None
