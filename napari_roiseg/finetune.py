@@ -53,8 +53,8 @@ __all__ = [
 
 # Few-shot defaults shared by the API, the Fine-tune dock and FinetuneConfig (how they were
 # chosen: README, "Few-shot fine-tuning defaults"; scripts/cross_domain_check.py).
-DEFAULT_STEPS = 60
-DEFAULT_LR = 1e-4
+DEFAULT_STEPS = 150
+DEFAULT_LR = 1e-3
 
 
 @dataclass(frozen=True)
