@@ -64,7 +64,8 @@ class FinetuneConfig:
     refits the RPN anchors to the training slices' boxes when the model's own match them poorly
     (``src_model.anchor_fit.adapt_model_anchors``), "fit" always, "keep" never. ``tune_rois``
     (off by default, see ``finetune``): after training, pick the RPN-FCN test-time ROI filter
-    and margin on the validation slices by pooled dice (``cli.compare.tune_test_time``)."""
+    and margin on the validation slices by pooled dice (``cli.compare.tune_test_time``).
+    ``freeze_blocks``: the first N VGG16 blocks keep their weights (faster steps)."""
 
     steps: int = DEFAULT_STEPS
     epochs: float | None = None
@@ -76,6 +77,7 @@ class FinetuneConfig:
     device: str = "auto"
     anchors: str = "auto"
     tune_rois: bool = False
+    freeze_blocks: int = 0
 
     def total_steps(self, n_train: int) -> int:
         if self.epochs is not None:
@@ -287,6 +289,9 @@ def iter_finetune(
         if validation:
             val_images, val_truth = resize_images(val_images, size), resize_masks(val_truth, size)
     net, anchors = adapt_model_anchors(net, train_truth, config.anchors)
+    backbone = getattr(net, "backbone", None)
+    if config.freeze_blocks and hasattr(backbone, "freeze_blocks"):
+        backbone.freeze_blocks(config.freeze_blocks)
     if parent_config is not None and hasattr(parent_config, "pixel_spacing_mm"):
         net.config = net.config.replace(**reference_of(parent_config, volume.shape, spacing))
     dataset = SliceDataset([(train_images, train_truth)], negatives="all",
@@ -403,6 +408,7 @@ def finetune(
     on_progress: Callable[[Any], None] | None = None,
     spacing: Any = "auto",
     tune_rois: bool = False,
+    freeze_blocks: int = 0,
 ) -> nn.Module:
     """Fine-tune a model on corrected slices and return the new model version.
 
@@ -455,6 +461,9 @@ def finetune(
         structure) and ROI margin again on the validation slices, by pooled dice. Off by
         default: with a few validation frames of one case it chose filters that over-paint
         (measured on a phantom v2 style: pooled dice 0.545 without, 0.437 with; README).
+    freeze_blocks : int
+        Keep the weights of the first N VGG16 blocks (0-5) as they are: less to learn from a
+        few frames, and each step skips their backward pass.
 
     Raises
     ------
@@ -486,14 +495,15 @@ def finetune(
                          negatives=negatives, lr=lr, batch_size=batch_size, epochs=epochs,
                          augment=augment, project=project, device=device, seed=seed,
                          anchors=anchors, on_progress=on_progress, spacing=spacing,
-                         tune_rois=tune_rois)
+                         tune_rois=tune_rois, freeze_blocks=freeze_blocks)
 
 
 def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any, steps: int, *,
               validation: Sequence[int] | None, negatives: Sequence[int], lr: float,
               batch_size: int, epochs: float | None, augment: bool, project: Any, device: str,
               seed: int, anchors: str, on_progress: Callable[[Any], None] | None,
-              spacing: Any = "auto", tune_rois: bool = False) -> nn.Module:
+              spacing: Any = "auto", tune_rois: bool = False,
+              freeze_blocks: int = 0) -> nn.Module:
     labels_arr = _as_array(labels)
     if labels_arr.ndim == 2:
         labels_arr = labels_arr[None]
@@ -513,7 +523,7 @@ def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any,
             else plan_slices(pool, validation=validation))
     config = FinetuneConfig(steps=steps, epochs=epochs, lr=lr, batch_size=batch_size,
                             augment=augment, seed=seed, device=device, anchors=anchors,
-                            tune_rois=tune_rois)
+                            tune_rois=tune_rois, freeze_blocks=freeze_blocks)
     if not plan.train:  # before anything is written
         raise ValueError("no training slices: correct some slices (or mark them) first" + (
             f" (slices {format_slices(locked)} are locked: the gate's held-out test, never "

@@ -65,6 +65,7 @@ def main() -> None:
     p.add_argument("--tune-rois", action="store_true",
                    help="re-pick the ROI filter on the validation frames (finetune(tune_rois=True))")
     p.add_argument("--no-tune-rois", action="store_true", help="(the default; kept for old commands)")
+    p.add_argument("--freeze-blocks", type=int, default=None, help="default: the API's")
     p.add_argument("--no-negatives", action="store_true",
                    help="train on the labelled frames only (default: the tune sweeps' frames "
                         "without the structure are passed as negatives, as an annotator marks "
@@ -87,6 +88,8 @@ def main() -> None:
     options = {k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None}
     if args.tune_rois:
         options["tune_rois"] = True
+    if args.freeze_blocks is not None:
+        options["freeze_blocks"] = args.freeze_blocks
     empty = sorted(set(range(len(image))) - set(labelled))
     if not args.no_negatives:
         options["negatives"] = empty

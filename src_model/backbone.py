@@ -78,6 +78,21 @@ class VGG16Backbone(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
+    def freeze_blocks(self, n: int) -> int:
+        """Stop training the first ``n`` conv blocks (conv1_x .. convn_x): their weights get no
+        gradient and nothing is back-propagated through them, so a training step skips their
+        backward pass (the full-resolution blocks cost most). Returns the parameters frozen."""
+        frozen, block = 0, 0
+        for layer in self.features:
+            if block >= n:
+                break
+            if isinstance(layer, nn.MaxPool2d):
+                block += 1
+            for p in layer.parameters():
+                p.requires_grad_(False)
+                frozen += p.numel()
+        return frozen
+
     def skip_geometry(self) -> dict[int, tuple[int, GridGeometry]]:
         """The block outputs a decoder can fuse: ``{stride: (channels, geometry)}`` for the last
         ReLU of every block before a pool (conv1_2 at stride 1, conv2_2 at 2, conv3_3 at 4,

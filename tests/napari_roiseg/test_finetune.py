@@ -244,6 +244,20 @@ def test_iter_finetune_saves_a_version_and_keeps_the_start_model(tmp_path, phant
     assert h.loss_steps == [1, 2, 3] and h.metric_steps[0] == 0 and h.before is not None
 
 
+def test_frozen_blocks_keep_their_weights(phantom, net):
+    from napari_roiseg.finetune import iter_finetune
+
+    gen = iter_finetune(phantom.volume, phantom.labels, [2, 4, 6], [], net,
+                        FinetuneConfig(steps=2, batch_size=2, device="cpu", augment=False,
+                                       freeze_blocks=2, lr=1e-2))
+    result = drain(gen)
+    convs = [m for m in net.backbone.features if isinstance(m, torch.nn.Conv2d)]
+    tuned = [m for m in result.model.backbone.features if isinstance(m, torch.nn.Conv2d)]
+    for before, after in zip(convs[:4], tuned[:4]):  # conv1_1 .. conv2_2
+        assert torch.equal(before.weight, after.weight) and not after.weight.requires_grad
+    assert not torch.equal(convs[4].weight, tuned[4].weight)  # conv3_1 trains
+
+
 def test_stop_keeps_best_and_saves_stopped_version(tmp_path, phantom, net):
     from napari_roiseg.finetune import iter_finetune
 
