@@ -103,7 +103,9 @@ def main() -> None:
     summary = getattr(net, "finetune_summary", {})
     report = {
         "command": "scripts/cross_domain_check.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+            f"--{k.replace('_', '-')} " + (" ".join(map(str, v)) if isinstance(v, (list, tuple))
+                                         else str(v))
+            for k, v in vars(args).items()
             if v is not None and k != "report" and not isinstance(v, bool)),
         "style": style.to_dict(), "label": args.label, "frames_per_sweep": args.frames,
         "tune_seeds": seeds[:3], "test_seeds": seeds[3:], "tune_frames": len(image),
