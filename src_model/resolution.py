@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TOLERANCE", "model_size", "reference_of", "resize_images", "resize_masks",
-           "results_to_input", "check_spacing"]
+__all__ = ["TOLERANCE", "describe", "model_size", "reference_of", "resize_images",
+           "resize_masks", "results_to_input", "check_spacing"]
 
 TOLERANCE = 0.05
 
@@ -66,6 +66,20 @@ def model_size(config: Any, shape: Sequence[int], spacing: Any = None) -> tuple[
     if abs(fy - 1.0) < TOLERANCE and abs(fx - 1.0) < TOLERANCE:
         return height, width
     return max(16, round(height * fy)), max(16, round(width * fx))
+
+
+def describe(config: Any, shape: Sequence[int], spacing: Any = None) -> str:
+    """One line for a status bar: what :func:`model_size` does to slices of ``shape``, e.g.
+    "resampled 734x384 -> 367x192 (0.075 mm pixels to the model's 0.15 mm)"; "" when nothing."""
+    size = model_size(config, shape, spacing)
+    height, width = int(shape[-2]), int(shape[-1])
+    if size == (height, width):
+        return ""
+    yx = check_spacing(spacing)
+    ref_mm = getattr(config, "pixel_spacing_mm", None)
+    why = (f"{yx[1]:.3g} mm pixels to the model's {ref_mm:.3g} mm" if yx is not None and ref_mm
+           else f"pixel size unknown: frames brought to the model's {size[0]} rows")
+    return f"resampled {height}x{width} -> {size[0]}x{size[1]} ({why})"
 
 
 def reference_of(config: Any, shape: Sequence[int], spacing: Any) -> dict[str, Any]:

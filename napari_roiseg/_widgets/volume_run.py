@@ -237,7 +237,11 @@ class Segmenter(VolumeFlush):
         run = self._begin_run(kept, volume.shape[0])
         run.model = net
         self.running.emit(True)
-        self.status.emit(f"segmenting {run.total} slices…")
+        from src_model.resolution import describe
+
+        note = describe(getattr(net, "config", None), volume.shape,
+                        layer_spacing_mm(self.session.image_layer))
+        self.status.emit(f"segmenting {run.total} slices…" + (f" ({note})" if note else ""))
         self.progress.emit(0, run.total)
         kwargs = {"device": device, "batch_size": self.batch_size, "out": kept.result,
                   "spacing": layer_spacing_mm(self.session.image_layer)}

@@ -75,3 +75,12 @@ def test_float_volumes_are_normalised_before_resampling():
     volume = np.linspace(0, 4000, 2 * 64 * 64, dtype=np.float32).reshape(2, 64, 64)
     vol, _ = resample_pair(volume, np.zeros(volume.shape, np.uint8), (32, 32))
     assert vol.dtype == np.uint8 and vol.max() >= 250 and vol.min() <= 5
+
+
+def test_the_status_line_says_what_was_resampled():
+    from src_model.resolution import describe
+
+    assert describe(MM, (4, 734, 384), 0.075) == (
+        "resampled 734x384 -> 367x192 (0.075 mm pixels to the model's 0.15 mm)")
+    assert describe(FRAME, (426, 600), None).startswith("resampled 426x600 -> 384x541 (pixel size")
+    assert describe(MM, (367, 192), 0.15) == "" == describe(NONE, (10, 10), 1.0)
