@@ -15,7 +15,7 @@ import numpy as np
 from .finetune import DEFAULT_STEPS, evaluate
 from .finetune import finetune as _finetune
 from .layers import (DEFAULT_SCORE_THRESHOLD, DEFAULT_TOP_K, add_result_layers, image_array,
-                     layer_spacing_mm)
+                     resolve_spacing)
 from .segment import segment_array
 
 __all__ = ["correction_history", "evaluate", "export_review_report", "finetune", "gate_version",
@@ -145,7 +145,7 @@ def segment_volume(
             model = session.model()
         result = segment_array(data, model, device=device or "auto", batch_size=batch_size,
                                score_threshold=score_threshold, top_k=top_k,
-                               spacing=layer_spacing_mm(layer) if _is_auto(spacing) else spacing)
+                               spacing=resolve_spacing(layer, spacing))
     labels = result.labels if data.ndim == 3 else result.labels[0]
     if viewer is not None:
         mask, boxes = add_result_layers(
@@ -155,10 +155,6 @@ def segment_volume(
         if session is not None:
             session.mask_layer, session.boxes_layer = mask, boxes
     return labels, result.boxes
-
-
-def _is_auto(spacing: Any) -> bool:
-    return isinstance(spacing, str) and spacing == "auto"
 
 
 def finetune(image: Any = None, labels: Any = None, slices: Any = None, model: Any = None,

@@ -36,6 +36,7 @@ from .project.corrections import (
     parse_slices,
     plan_slices,
 )
+from .layers import resolve_spacing
 from .project.project import Project, default_project_folder, metrics_summary
 
 if TYPE_CHECKING:
@@ -235,9 +236,10 @@ def iter_finetune(
     ``image`` (S, H, W) any real dtype, normalised over the whole volume as inference does;
     ``labels`` (S, H, W), foreground ``!= 0``; ``spacing`` the pixel size in mm (None: unknown):
     slices are resampled to the model's resolution reference as inference does, and the copy
-    records the reference it was tuned at (``src_model.resolution``); ``negatives`` are trained (or validated) as empty
-    masks whatever ``labels`` hold there. With ``validation`` slices the weights with the best
-    validation dice are kept (also after a stop); step 0 holds the starting model's metrics.
+    records the reference it was tuned at (``src_model.resolution``); ``negatives`` are
+    trained (or validated) as empty masks whatever ``labels`` hold there. With ``validation``
+    slices the weights with the best validation dice are kept (also after a stop); step 0
+    holds the starting model's metrics.
     ``model`` is never changed (None: the shipped default). With ``project`` the result is saved
     as a new version whose parent is ``parent`` (default: the project's current version), made
     current; with a locked set the caller then sends it through the gate
@@ -249,8 +251,8 @@ def iter_finetune(
     from src_model.anchor_fit import adapt_model_anchors
     from src_model.data import SliceDataset
     from src_model.preprocess import normalize_slices
-    from src_model.resolution import (model_size, reference_of, resample_pair, resize_images,
-                                      resize_masks)
+    from src_model.resolution import (model_size, resample_pair, resize_images, resize_masks,
+                                      training_reference)
     from src_model.train import TrainConfig, train_iter
 
     from .segment import check_volume, load_model
@@ -283,7 +285,11 @@ def iter_finetune(
         val_images = images[validation] if validation else None
     # At the model's resolution reference, as inference will run (src_model.resolution).
     parent_config = getattr(net, "config", None)
-    size = model_size(parent_config, volume.shape, spacing)
+    reference = None
+    size = tuple(volume.shape[1:])
+    if parent_config is not None and hasattr(parent_config, "pixel_spacing_mm"):
+        resample_by, reference = training_reference(parent_config, volume.shape, spacing)
+        size = model_size(resample_by, volume.shape, spacing)
     train_truth, val_truth = truth[train], truth[validation] if validation else None
     if size != tuple(volume.shape[1:]):
         train_images, train_truth = resample_pair(train_images, train_truth, size)
@@ -295,8 +301,8 @@ def iter_finetune(
     backbone = getattr(net, "backbone", None)
     if config.freeze_blocks and hasattr(backbone, "freeze_blocks"):
         backbone.freeze_blocks(config.freeze_blocks)
-    if parent_config is not None and hasattr(parent_config, "pixel_spacing_mm"):
-        net.config = net.config.replace(**reference_of(parent_config, volume.shape, spacing))
+    if reference is not None:
+        net.config = net.config.replace(**reference)
     dataset = SliceDataset([(train_images, train_truth)], negatives="all",
                            augment=config.augment, seed=config.seed)
     steps = config.total_steps(len(train))
@@ -341,15 +347,6 @@ def iter_finetune(
     if project is not None and result.steps_done > 0 and result.state in ("finished", "stopped"):
         result.version = project.add_version(net, result.info(config))
     return result
-
-
-def _spacing_of(image: Any, spacing: Any) -> Any:
-    """``spacing``, or for "auto" the image layer's pixel size in mm (None for arrays)."""
-    if isinstance(spacing, str) and spacing == "auto":
-        from .layers import layer_spacing_mm
-
-        return layer_spacing_mm(image)
-    return spacing
 
 
 def _version_of(project: Project, model: Any) -> str | None:
@@ -562,7 +559,7 @@ def _finetune(image: Any, labels: Any, slices: Sequence[int] | None, model: Any,
     result: FinetuneResult = drain(
         iter_finetune(image_arr, labels_arr, plan.train, plan.validation, model, config,
                       negatives=negatives, project=project, parent=parent,
-                      spacing=_spacing_of(image, spacing)), on_progress)
+                      spacing=resolve_spacing(image, spacing)), on_progress)
     decision = None
     if result.version is not None:
         # add_version made it current; with a locked set it must pass the gate like the

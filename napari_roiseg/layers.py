@@ -172,6 +172,14 @@ def layer_spacing_mm(layer: Any) -> tuple[float, ...] | None:
     return spacing_in_mm(tuple(float(v) for v in layer.scale), unit)
 
 
+def resolve_spacing(image: Any, spacing: Any) -> Any:
+    """``spacing`` as given, or for "auto" the image layer's pixel size in mm
+    (:func:`layer_spacing_mm`; None for arrays): the API's ``spacing=`` argument."""
+    if isinstance(spacing, str) and spacing == "auto":
+        return layer_spacing_mm(image)
+    return spacing
+
+
 def transform_kwargs(image_layer: Any) -> dict[str, Any]:
     """Layer keyword arguments that place an overlay exactly on ``image_layer`` (anisotropic
     spacing, offsets, rotations): scale, translate, rotate, shear and affine."""

@@ -33,6 +33,7 @@ from src_model.anchor_fit import adapt_config_anchors, boxes_from_labels
 from src_model.checkpoint import load_checkpoint, save_checkpoint
 from src_model.model import build_model
 from src_model.preprocess import normalize_slices
+from src_model.resolution import has_reference
 from src_model.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def main() -> None:
     if args.retune:  # the weights of an earlier run (its --save); only the choices are redone
         model, saved = load_checkpoint(args.retune)
         outcome = SimpleNamespace(best_step=saved.get("best_step"), state=saved.get("state"))
-        if not (model.config.pixel_spacing_mm or model.config.frame_height_px):
+        if not has_reference(model.config):
             # weights from before the resolution reference: what train_model records now
             model.config = model.config.replace(frame_height_px=size[0])
     else:

@@ -29,9 +29,10 @@ import torch
 from napari_roiseg.cli.compare import evaluate_model, tune_test_time
 from napari_roiseg.cli.train_job import load_source, train_model
 from src_model.checkpoint import save_checkpoint
-from src_model.config import get_preset
+from src_model.config import ModelConfig, get_preset
 from src_model.model import build_model
 from src_model.preprocess import normalize_slices
+from src_model.resolution import has_reference, model_size, resample_pair
 from src_model.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,13 +61,10 @@ def main() -> None:
     p.add_argument("--v2-val-seeds", default="50-53")
     p.add_argument("--v2-test-seeds", default="100-107")
     args = p.parse_args()
-    lo, hi = (int(t) for t in args.train_seeds.split("-"))
-    tlo, thi = (int(t) for t in args.test_seeds.split("-"))
-    train = [load_source(f"phantom:{s}:{args.slices}") for s in range(lo, hi + 1)]
-    test = [load_source(f"phantom:{s}:{args.slices}") for s in range(tlo, thi + 1)]
+    train = [load_source(f"phantom:{s}:{args.slices}") for s in _seeds(args.train_seeds)]
+    test = [load_source(f"phantom:{s}:{args.slices}") for s in _seeds(args.test_seeds)]
     # Validation on held-out training-distribution volumes, never on the test seeds.
-    vlo, vhi = (int(t) for t in args.val_seeds.split("-"))
-    val_volumes = [load_source(f"phantom:{s}:{args.slices}") for s in range(vlo, vhi + 1)]
+    val_volumes = [load_source(f"phantom:{s}:{args.slices}") for s in _seeds(args.val_seeds)]
     v2 = lambda seeds: [load_source(f"phantom2:{s}:{args.v2_frames}:roof")  # noqa: E731
                         for s in _seeds(seeds)]
     test_v2 = v2(args.v2_test_seeds) if args.v2_seeds else []
@@ -83,7 +81,7 @@ def main() -> None:
 
         model, old = load_checkpoint(args.out)
         meta = {k: old[k] for k in ("description", "training", "data", "made_by") if k in old}
-        if not (model.config.pixel_spacing_mm or model.config.frame_height_px):
+        if not has_reference(model.config):
             # weights from before the resolution reference: the phantoms' own, as training
             # (train_model) records it now
             model.config = model.config.replace(pixel_spacing_mm=float(train[0].spacing[-1]))
@@ -135,17 +133,15 @@ def _seeds(text: str) -> range:
 
 
 def padded_validation(volumes, spacing_mm: float, every: int):
-    """Every ``every``-th slice of ``volumes`` resampled to ``spacing_mm`` pixels (as inference
-    does) and padded with black at the bottom / right to one size: ``(raw uint8, truth)``."""
+    """Every ``every``-th slice of ``volumes`` resampled to ``spacing_mm`` pixels by the rule
+    inference uses (``src_model.resolution.model_size``) and padded with black at the bottom /
+    right to one size: ``(raw uint8, truth)``."""
     import numpy as np
 
-    from src_model.resolution import resample_pair
-
+    reference = ModelConfig(pixel_spacing_mm=spacing_mm)
     parts = []
     for v in volumes:
-        yx = v.spacing[-2:] if v.spacing is not None else (spacing_mm, spacing_mm)
-        h, w = v.volume.shape[1:]
-        size = (round(h * yx[0] / spacing_mm), round(w * yx[1] / spacing_mm))
+        size = model_size(reference, v.volume.shape, v.spacing)
         parts.append(resample_pair(v.volume[::every], v.labels[::every], size))
     height = max(p[0].shape[1] for p in parts)
     width = max(p[0].shape[2] for p in parts)

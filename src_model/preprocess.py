@@ -51,8 +51,9 @@ def intensity_range(arr: np.ndarray) -> tuple[float, float] | None:
     stack = arr if arr.ndim == 3 else arr[None]
     area = imaged_area(stack)
     # One pass over chunks of slices: non-finite count, min / max, and the fixed-stride sample
-    # (the same elements as ``arr.reshape(-1)[::step]``). Each chunk's pages of a memory-mapped
-    # volume are released after use, so the scan never holds the whole file.
+    # of the imaged pixels (the same elements as ``arr[:, area].reshape(-1)[::step]``, or
+    # ``arr.reshape(-1)[::step]`` when the area is everything). Each chunk's pages of a
+    # memory-mapped volume are released after use, so the scan never holds the whole file.
     per_slice = int(np.prod(stack.shape[1:])) if area is None else int(area.sum())
     n_values = per_slice * stack.shape[0]
     step = n_values // _MAX_STAT_VALUES + 1 if n_values > _MAX_STAT_VALUES else 1

@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TOLERANCE", "describe", "model_size", "reference_of", "resize_images",
-           "resize_masks", "results_to_input", "check_spacing"]
+__all__ = ["TOLERANCE", "describe", "has_reference", "model_size", "reference_of",
+           "resample_pair", "resize_images", "resize_masks", "results_to_input",
+           "check_spacing", "training_reference"]
 
 TOLERANCE = 0.05
 
@@ -82,10 +83,26 @@ def describe(config: Any, shape: Sequence[int], spacing: Any = None) -> str:
     return f"resampled {height}x{width} -> {size[0]}x{size[1]} ({why})"
 
 
+def has_reference(config: Any) -> bool:
+    """Whether ``config`` records a pixel size or a frame height to resample to."""
+    return bool(getattr(config, "pixel_spacing_mm", None)
+                or getattr(config, "frame_height_px", None))
+
+
+def training_reference(config: Any, shape: Sequence[int], spacing: Any
+                       ) -> tuple[Any, dict[str, Any]]:
+    """For training ``config``'s model on slices of ``shape`` and ``spacing``: the config whose
+    :func:`model_size` the slices are resampled by (the model's own; for a model without a
+    reference, the data's, so these slices stay as they are) and the reference fields the
+    trained model records (:func:`reference_of`)."""
+    reference = reference_of(config, shape, spacing)
+    return (config if has_reference(config) else config.replace(**reference)), reference
+
+
 def reference_of(config: Any, shape: Sequence[int], spacing: Any) -> dict[str, Any]:
     """The reference fields a model trained on slices of ``shape`` resampled by
     :func:`model_size` gets: the parent's when it had one, else the data's."""
-    if getattr(config, "pixel_spacing_mm", None) or getattr(config, "frame_height_px", None):
+    if has_reference(config):
         ref_mm = getattr(config, "pixel_spacing_mm", None)
         if ref_mm and check_spacing(spacing) is None:
             # the data's pixel size is unknown, so the model's no longer describes what it saw

@@ -239,12 +239,12 @@ class Segmenter(VolumeFlush):
         self.running.emit(True)
         from src_model.resolution import describe
 
-        note = describe(getattr(net, "config", None), volume.shape,
-                        layer_spacing_mm(self.session.image_layer))
+        spacing = layer_spacing_mm(self.session.image_layer)
+        note = describe(getattr(net, "config", None), volume.shape, spacing)
         self.status.emit(f"segmenting {run.total} slices…" + (f" ({note})" if note else ""))
         self.progress.emit(0, run.total)
         kwargs = {"device": device, "batch_size": self.batch_size, "out": kept.result,
-                  "spacing": layer_spacing_mm(self.session.image_layer)}
+                  "spacing": spacing}
         self._sync = sync
         if sync:
             self._open_activity(run)

@@ -140,15 +140,12 @@ def train_model(
 def match_resolution(model: Any, volumes: list[LabelledVolume]) -> list[LabelledVolume]:
     """``volumes`` resampled to ``model``'s resolution reference (its own, or the first volume's
     when it has none), which ``model.config`` then records (``src_model.resolution``)."""
-    from src_model.resolution import model_size, reference_of, resample_pair
+    from src_model.resolution import model_size, resample_pair, training_reference
 
     config = getattr(model, "config", None)
     if config is None or not volumes or not hasattr(config, "pixel_spacing_mm"):
         return volumes
-    first = volumes[0]
-    reference = reference_of(config, first.volume.shape, first.spacing)
-    if not (config.pixel_spacing_mm or config.frame_height_px):
-        config = config.replace(**reference)  # a fresh model: the data's own
+    config, reference = training_reference(config, volumes[0].volume.shape, volumes[0].spacing)
     out = []
     for v in volumes:
         size = model_size(config, v.volume.shape, v.spacing)
@@ -156,7 +153,7 @@ def match_resolution(model: Any, volumes: list[LabelledVolume]) -> list[Labelled
             vol, lab = resample_pair(v.volume, v.labels, size)
             v = LabelledVolume(v.name, vol, lab, v.spacing)
         out.append(v)
-    model.config = config.replace(**reference)
+    model.config = model.config.replace(**reference)
     return out
 
 

@@ -38,8 +38,7 @@ def remote_segment(session: Any, volume: np.ndarray, model: tuple, *, device: st
         out.boxes = np.zeros((0, 6), np.float32)
         sent = 0
         job = worker.run("segment", volume=volume_ref, labels=labels_ref, model=model,
-                         device=device, batch_size=batch_size,
-                         spacing=None if spacing is None else [float(v) for v in spacing])
+                         device=device, batch_size=batch_size, spacing=_plain(spacing))
         try:
             for done, total, new_rows, stats in job:
                 out.labels[sent:done] = shared[sent:done]
@@ -75,9 +74,14 @@ def remote_finetune(session: Any, image: np.ndarray, labels: np.ndarray, train: 
             "finetune", image=image_ref, labels=labels_ref, train=[int(k) for k in train],
             validation=[int(k) for k in validation], model=model, config=config,
             negatives=[int(k) for k in negatives], project=str(project.folder), parent=parent,
-            spacing=None if spacing is None else [float(v) for v in spacing])
+            spacing=_plain(spacing))
     finally:
         arrays.remove(image_ref, labels_ref)
     if result.version:
         result.model = project.load_version(result.version)
     return result, decision, problem
+
+
+def _plain(spacing: Any) -> list[float] | None:
+    """A pixel spacing as plain floats for the message to the model process (None: unknown)."""
+    return None if spacing is None else [float(v) for v in spacing]
