@@ -42,6 +42,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -59,6 +60,8 @@ __all__ = [
     "RoiConv2d",
     "active_cells",
     "boxes_to_cell_mask",
+    "boxes_to_cell_rects",
+    "rects_to_mask",
     "boxes_to_pixel_mask",
     "choose_impl",
     "output_size",
@@ -116,21 +119,12 @@ def _boxes_union(boxes_per_image: list[Tensor], shape: tuple[int, int],
     (:func:`_union_of_index_boxes`).
     """
     h, w = shape
-    checked = [_check_boxes(b) for b in boxes_per_image]
-    if not checked:
+    if not boxes_per_image:
         return torch.zeros((0, h, w), dtype=torch.bool)
-    if sum(int(b.shape[0]) for b in checked) <= FEW_BOXES and all(
-            b.device.type == "cpu" for b in checked):
-        try:  # math.floor of a NaN / infinity raises: the tensor path takes those
-            rects = [(i, *rule(*row, math.floor, math.ceil))
-                     for i, b in enumerate(checked) for row in b.tolist()]
-        except (ValueError, OverflowError):
-            rects = None
-        if rects is not None:
-            mask = torch.zeros((len(checked), h, w), dtype=torch.bool)
-            for i, r0, r1, c0, c1 in rects:  # slicing clips the ends; empty when r1 <= r0
-                mask[i, max(r0, 0):max(r1, 0), max(c0, 0):max(c1, 0)] = True
-            return mask
+    rects = _few_rects(boxes_per_image, shape, rule)
+    if rects is not None:
+        return rects_to_mask(rects, (len(boxes_per_image), h, w))
+    checked = [_check_boxes(b) for b in boxes_per_image]
     masks = []
     for b in checked:
         # clamped to the grid (+-1) before the integer cast, which huge coordinates overflow
@@ -140,11 +134,50 @@ def _boxes_union(boxes_per_image: list[Tensor], shape: tuple[int, int],
     return torch.stack(masks)
 
 
-def _check_boxes(boxes: Tensor) -> Tensor:
+def _few_rects(boxes_per_image: list[Tensor], shape: tuple[int, int],
+               rule: Callable[..., tuple[Any, ...]]) -> list[tuple[int, int, int, int, int]] | None:
+    """The index rectangles ``(image, r0, r1, c0, c1)`` of up to ``FEW_BOXES`` finite CPU boxes,
+    clipped to the grid, empty ones dropped; None when the boxes must take the tensor path
+    (more boxes, another device, a NaN or infinity). The coordinates are read as Python floats
+    (doubles: exact for any float tensor), so the rule's arithmetic is the tensor path's
+    float64."""
+    for b in boxes_per_image:
+        _check_shape(b)
+    if sum(int(b.shape[0]) for b in boxes_per_image) > FEW_BOXES or any(
+            b.device.type != "cpu" for b in boxes_per_image):
+        return None
+    h, w = shape
+    try:  # math.floor of a NaN / infinity raises: the tensor path takes those
+        raw = [(i, *rule(*row, math.floor, math.ceil))
+               for i, b in enumerate(boxes_per_image) for row in b.detach().tolist()]
+    except (ValueError, OverflowError):
+        return None
+    rects = []
+    for i, r0, r1, c0, c1 in raw:
+        r0, r1, c0, c1 = max(r0, 0), min(r1, h), max(c0, 0), min(c1, w)
+        if r1 > r0 and c1 > c0:
+            rects.append((i, r0, r1, c0, c1))
+    return rects
+
+
+def rects_to_mask(rects: list[tuple[int, int, int, int, int]], shape: tuple[int, ...]) -> Tensor:
+    """A CPU ``Tensor[*shape] bool`` (N first, grid last two) with the index rectangles
+    ``(image, r0, r1, c0, c1)`` set; drawn in NumPy, ~4x cheaper than torch slice fills."""
+    mask = np.zeros(shape, dtype=bool)
+    for i, r0, r1, c0, c1 in rects:
+        mask[i, ..., r0:r1, c0:c1] = True
+    return torch.from_numpy(mask)
+
+
+def _check_shape(boxes: Tensor) -> None:
     if boxes.ndim != 2 or boxes.shape[-1] != 4:
         raise ValueError(
             f"boxes must be Tensor[K, 4] (x1, y1, x2, y2), got shape {tuple(boxes.shape)}"
         )
+
+
+def _check_boxes(boxes: Tensor) -> Tensor:
+    _check_shape(boxes)
     # float64 keeps the floor/ceil below exact for any coordinate (MPS has no float64; float32
     # is exact there too for power-of-two strides).
     dtype = torch.float32 if boxes.device.type == "mps" else torch.float64
@@ -174,6 +207,26 @@ def boxes_to_cell_mask(
     Tensor[N, 1, Ho, Wo] bool, on the device of the boxes.
     """
     ho, wo = int(out_size[0]), int(out_size[1])
+    return _boxes_union(boxes_per_image, (ho, wo), _cell_rule(stride, offset))[:, None]
+
+
+def boxes_to_cell_rects(
+    boxes_per_image: list[Tensor],
+    out_size: tuple[int, int],
+    stride: float,
+    offset: float,
+) -> list[tuple[int, int, int, int, int]] | None:
+    """The cell rectangles :func:`boxes_to_cell_mask` fills, without drawing them:
+    ``[(image, r0, r1, c0, c1), ...]`` (half-open, clipped to the grid, empty ones dropped), for
+    callers that want a window's bounds without scanning a mask. None when the boxes take the
+    mask's tensor path (more than ``FEW_BOXES`` boxes, a GPU, a non-finite coordinate): use the
+    mask then."""
+    return _few_rects(boxes_per_image, (int(out_size[0]), int(out_size[1])),
+                      _cell_rule(stride, offset))
+
+
+def _cell_rule(stride: float, offset: float) -> Callable[..., tuple[Any, ...]]:
+    """The index rectangle of the cells whose footprint overlaps a box (module docstring)."""
     half = stride / 2.0
 
     def rule(x1, y1, x2, y2, floor, ceil):  # python floats or tensors
@@ -182,7 +235,7 @@ def boxes_to_cell_mask(
         return (floor((y1 - offset - half) / stride) + 1, ceil((y2 - offset + half) / stride),
                 floor((x1 - offset - half) / stride) + 1, ceil((x2 - offset + half) / stride))
 
-    return _boxes_union(boxes_per_image, (ho, wo), rule)[:, None]
+    return rule
 
 
 def boxes_to_pixel_mask(boxes_per_image: list[Tensor], image_size: tuple[int, int]) -> Tensor:

@@ -45,10 +45,17 @@ def evaluate_model(model, volumes, batch_size: int | None = None) -> dict[str, A
     return evaluator.evaluate()
 
 
+def _is_volume_list(images: Any) -> bool:
+    """``images`` is a list of labelled volumes (objects with ``.volume`` and ``.labels``)."""
+    return isinstance(images, (list, tuple)) and bool(images) and all(
+        hasattr(v, "volume") and hasattr(v, "labels") for v in images)
+
+
 def tune_test_rois(model, images: Any, truth: np.ndarray,
                    thresholds=(0.0, 0.3, 0.5, 0.8, 0.9), top_ks=(None, 10, 3, 1), segment=None):
     """Pick the test-time ROI filter (RPN score threshold, top-k) with the best *pooled* dice
-    on validation slices ``images`` (raw, as ``segment_array`` takes them) against ``truth``.
+    on validation slices ``images`` (raw, as ``segment_array`` takes them) against ``truth``,
+    or on a list of labelled volumes (``truth`` None; :func:`_is_volume_list`).
 
     The paper feeds all post-NMS proposals to the ROI convolution; on a small object most of
     those are background, so the shipped model filters them. Pooled dice, not a per-slice mean:
@@ -61,23 +68,24 @@ def tune_test_rois(model, images: Any, truth: np.ndarray,
 
     from ..segment import segment_array
 
-    if segment is None:
-        def segment(images, model, score_threshold, top_k):
-            # Through the config, as apply_roi_filter will set it: top_k None is "all
-            # proposals" here too (a None call argument would mean "the config's own top-k").
-            config = model.config
-            model.config = config.replace(test_score_threshold=score_threshold,
-                                          test_top_k=top_k)
-            try:
-                return segment_array(images, model).labels
-            finally:
-                model.config = config
+    def score(thr, k):
+        if segment is not None:
+            return evaluate_masks(segment(images, model, thr, k), truth)
+        # Through the config, as apply_roi_filter will set it: top_k None is "all proposals"
+        # here too (a None call argument would mean "the config's own top-k").
+        config = model.config
+        model.config = config.replace(test_score_threshold=thr, test_top_k=k)
+        try:
+            if _is_volume_list(images):
+                return evaluate_model(model, images)
+            return evaluate_masks(segment_array(images, model).labels, truth)
+        finally:
+            model.config = config
 
     table = []
     for thr in thresholds:
         for k in top_ks:
-            pred = segment(images, model, thr, k)
-            m = evaluate_masks(pred, truth)
+            m = score(thr, k)
             table.append({"score_threshold": thr, "top_k": k, "pooled_dice": m["pooled"]["dice"],
                           "dice": m["per_slice_mean"]["dice"]})
     best = max(table, key=lambda r: (r["pooled_dice"], r["dice"]))
@@ -112,11 +120,17 @@ def apply_roi_filter(model, chosen: dict[str, Any]) -> None:
         test_single_object=chosen["single_object"])
 
 
-def tune_test_time(model, images: Any, truth: np.ndarray) -> dict[str, Any]:
+def tune_test_time(model, images: Any, truth: np.ndarray | None) -> dict[str, Any]:
     """Tune the RPN-FCN test-time choices on validation slices and set them in ``model.config``:
     the ROI filter (:func:`tune_roi_filter`), then, with it, the ROI margin
     (:func:`tune_roi_margin`). Returns the choices, with the two validation tables under
-    ``"validation"`` and ``"validation_margin"``."""
+    ``"validation"`` and ``"validation_margin"``.
+
+    ``images`` is either one array of raw slices (``truth`` its labels) or a list of labelled
+    volumes (``.volume``, ``.labels``, optional ``.spacing``; ``truth`` None), each segmented
+    at its own size and pixel spacing exactly as inference does (:func:`evaluate_model`):
+    the way to tune on volumes of several sizes, which padding them to one array would distort
+    (black margins are not what the model sees at inference)."""
     chosen = tune_roi_filter(model, images, truth)
     apply_roi_filter(model, chosen)
     margin, margins = tune_roi_margin(model, images, truth)
@@ -140,7 +154,8 @@ def tune_roi_margin(model, images: Any, truth: np.ndarray, margins=(0, 4, 8, 16)
     try:
         for margin in margins:
             model.config = config.replace(test_roi_margin=int(margin))
-            m = evaluate_masks(segment_array(images, model).labels, truth)
+            m = (evaluate_model(model, images) if _is_volume_list(images)
+                 else evaluate_masks(segment_array(images, model).labels, truth))
             table.append({"test_roi_margin": int(margin), "pooled_dice": m["pooled"]["dice"],
                           "dice": m["per_slice_mean"]["dice"]})
     finally:

@@ -103,6 +103,40 @@ def test_tune_test_time_sets_the_filter_then_the_margin_it_picked(monkeypatch):
     assert len(chosen["validation"]) == 40 and len(chosen["validation_margin"]) == 4
 
 
+def test_tune_test_time_on_volumes_segments_each_at_its_own_size_and_spacing(monkeypatch):
+    """A list of labelled volumes (several frame sizes) is tuned volume by volume, each with its
+    own pixel spacing, and scored pooled over all of them: nothing is padded to one size."""
+    from napari_roiseg.cli.train_job import LabelledVolume
+    from src_model.config import get_preset
+
+    small = np.zeros((3, 16, 16), np.uint8)
+    small[:, 4:12, 4:12] = 1
+    large = np.zeros((2, 40, 24), np.uint8)
+    large[:, 10:30, 6:18] = 1
+    vols = [LabelledVolume("small", small * 200, small, (1.0, 0.15, 0.15)),
+            LabelledVolume("large", large * 200, large, (1.0, 0.3, 0.3))]
+    calls = []
+
+    def fake_segment(images, model, batch_size=None, spacing=None):
+        calls.append((images.shape, spacing))
+        truth = (images > 0).astype(np.uint8)
+        if model.config.test_score_threshold == 0.5:
+            return SimpleNamespace(labels=truth)
+        if images.shape[1] == 16:  # any other filter loses the small volume's structure
+            return SimpleNamespace(labels=np.zeros_like(truth))
+        return SimpleNamespace(labels=truth)
+
+    monkeypatch.setattr("napari_roiseg.segment.segment_array", fake_segment)
+    model = SimpleNamespace(config=get_preset("fast", test_score_threshold=0.9))
+    chosen = compare.tune_test_time(model, vols, None)
+    assert chosen["score_threshold"] == 0.5 and model.config.test_score_threshold == 0.5
+    assert {c for c in calls} == {((3, 16, 16), (1.0, 0.15, 0.15)), ((2, 40, 24), (1.0, 0.3, 0.3))}
+    rows = {(r["score_threshold"], r["top_k"], r["single_object"]): r for r in chosen["validation"]}
+    assert rows[0.5, None, False]["pooled_dice"] == 1.0
+    # 0.9 keeps only the large volume: pooled over both, the small one's miss counts
+    assert 0.0 < rows[0.9, None, False]["pooled_dice"] < 1.0
+
+
 def _results(tmp_path, name, archs, steps=300):
     rows = [{"arch": a, "method": compare.METHODS[a][0], "seg_loss": "ce", "params": 1e6,
              "train_seconds": 1.0, "ms_per_slice": 2.0,
