@@ -60,6 +60,20 @@ def test_window_path_equals_the_full_grid_reference_with_gradients(rois, impl):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("rois", ROIS)
+def test_window_path_same_numbers_when_the_cells_come_from_the_mask(rois, monkeypatch):
+    """Windows bounded from the boxes' cell rectangles (a few CPU boxes) and from a scanned mask
+    (many boxes, a GPU) give identical logits."""
+    import src_model.roi_conv as rc
+
+    head, features, skips, size = _head_and_inputs()
+    with torch.no_grad():
+        fast = head(features, size, rois, skips)
+        monkeypatch.setattr(rc, "FEW_BOXES", 0)
+        slow = head(features, size, rois, skips)
+    assert torch.equal(fast, slow)
+
+
 def test_logits_are_exactly_zero_outside_the_roi_cells_and_without_rois():
     head, features, skips, size = _head_and_inputs(decoder=(8, 8, 8, 4))  # ends at stride 1
     rois = [torch.tensor([[20.0, 30.0, 44.0, 41.0]]), torch.zeros((0, 4))]

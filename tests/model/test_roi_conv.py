@@ -255,6 +255,33 @@ def test_cell_rule_few_boxes_fill_equals_difference_array(monkeypatch):
     assert torch.equal(rc.boxes_to_cell_mask(nan, (4, 4), 16.0, 8.0), fast_nan)
 
 
+def test_cell_rects_are_the_rectangles_the_mask_fills(monkeypatch):
+    """``boxes_to_cell_rects`` gives exactly the clipped, non-empty rectangles whose union is
+    ``boxes_to_cell_mask`` (the head bounds its windows with them), and None where the mask
+    takes the tensor path (many boxes, non-finite coordinates)."""
+    import src_model.roi_conv as rc
+
+    g = torch.Generator().manual_seed(4)
+    xy = torch.rand(6, 2, generator=g) * 300 - 40
+    boxes = torch.cat([xy, xy + torch.rand(6, 2, generator=g) * 90 + 0.25], dim=1)
+    batch = [boxes[:2], torch.zeros((0, 4)), boxes[2:], torch.tensor([[-50.0, -50.0, -10.0, -5.0]])]
+    for stride in (16.0, 8.0, 2.0):
+        rects = rc.boxes_to_cell_rects(batch, (23, 12), stride, stride / 2)
+        mask = rc.boxes_to_cell_mask(batch, (23, 12), stride, stride / 2)
+        drawn = torch.zeros_like(mask)
+        for i, r0, r1, c0, c1 in rects:
+            assert 0 <= r0 < r1 <= 23 and 0 <= c0 < c1 <= 12
+            drawn[i, 0, r0:r1, c0:c1] = True
+        assert torch.equal(drawn, mask) and torch.equal(rc.rects_to_mask(rects, mask.shape), mask)
+        assert not any(r[0] in (1, 3) for r in rects)  # no box / a box off the grid: no rectangle
+    nan = [torch.tensor([[float("nan"), 0.0, 5.0, 5.0]])]
+    assert rc.boxes_to_cell_rects(nan, (4, 4), 16.0, 8.0) is None
+    monkeypatch.setattr(rc, "FEW_BOXES", 1)
+    assert rc.boxes_to_cell_rects(batch, (23, 12), 16.0, 8.0) is None
+    with pytest.raises(ValueError, match=r"Tensor\[K, 4\]"):
+        rc.boxes_to_cell_rects([torch.zeros(4)], (4, 4), 16.0, 8.0)
+
+
 def test_cell_rule_huge_coordinates_cover_the_grid_on_both_paths(monkeypatch):
     import src_model.roi_conv as rc
 
