@@ -73,13 +73,9 @@ def main() -> None:
                         for s in _seeds(seeds)]
     test_v2 = v2(args.v2_test_seeds) if args.v2_seeds else []
     if args.v2_seeds:
-        train += v2(args.v2_seeds)
+        if not args.tune_only:  # re-tuning needs the v2 validation and test sweeps only
+            train += v2(args.v2_seeds)
         val_volumes += v2(args.v2_val_seeds)
-    # Validation at the model's 0.15 mm, frames of other sizes padded (black) to one size.
-    val_raw = padded_validation(val_volumes, float(train[0].spacing[-1]), every=4)
-    val = (normalize_slices(val_raw[0]), val_raw[1])
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      lr_step=args.lr_step, eval_every=args.eval_every, seed=0)
     if args.tune_only:
         from src_model.checkpoint import load_checkpoint
 
@@ -90,6 +86,11 @@ def main() -> None:
             # (train_model) records it now
             model.config = model.config.replace(pixel_spacing_mm=float(train[0].spacing[-1]))
         return _finish(args, model, meta, tuning_volumes(val_volumes), test, test_v2)
+    # Validation at the model's 0.15 mm, frames of other sizes padded (black) to one size.
+    val_raw = padded_validation(val_volumes, float(train[0].spacing[-1]), every=4)
+    val = (normalize_slices(val_raw[0]), val_raw[1])
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      lr_step=args.lr_step, eval_every=args.eval_every, seed=0)
     torch.manual_seed(0)
     if args.init:
         from src_model.checkpoint import load_checkpoint
@@ -156,7 +157,7 @@ def tuning_volumes(volumes, every: int = 2) -> list[LabelledVolume]:
     spacing: the test-time ROI filter and margin are tuned on these as inference sees them
     (resampled to the model's pixel size, never padded: padded black margins once pulled the
     filter to a 0.9 score threshold that cost real-size validation 0.01 (v1) and 0.04 (v2)
-    pooled dice, runs/filter_sweep)."""
+    pooled dice; docs/phantom_v2_pretraining.json, session_24)."""
     return [LabelledVolume(f"{v.name} every {every}", v.volume[::every], v.labels[::every],
                            v.spacing) for v in volumes]
 
