@@ -124,8 +124,15 @@ def iter_segment(
     slices: Sequence[int] | None = None,
     out: VolumeSegmentation | None = None,
     spacing: Any = None,
+    skip_overlays: bool = True,
 ) -> Generator[tuple[int, int], None, VolumeSegmentation]:
     """Segment ``slices`` (default: all) of ``volume``; yield ``(done, total)`` after each batch.
+
+    ``skip_overlays``: with 3 or more frames, a proposal whose bright pixels are mostly burned-in
+    overlay -- bright pixels that stay the same in every frame while the tissue changes: text,
+    depth rulers, bars, logos (:func:`~src_model.preprocess.burned_in`, read from the whole
+    volume once, like the intensity range) -- is dropped before the test filter, so it neither
+    paints a mask nor takes the place of the structure's box.
 
     ``spacing``: the in-plane pixel size in mm (a number, ``(y, x)`` or ``(z, y, x)``; None =
     unknown). Slices are resampled to the model's reference pixel size (or frame height) before
@@ -139,8 +146,8 @@ def iter_segment(
     :func:`default_batch_size` for the device.
     """
     from src_model.mmap_pages import release_slices
-    from src_model.preprocess import intensity_range, normalize_slices
-    from src_model.resolution import model_size, resize_images, results_to_input
+    from src_model.preprocess import burned_in, intensity_range, normalize_slices
+    from src_model.resolution import model_size, resize_images, resize_masks, results_to_input
 
     from .review import empty_stats, slice_stats
 
@@ -166,6 +173,13 @@ def iter_segment(
     if out.stats is None or len(out.stats) != arr.shape[0]:
         out.stats = empty_stats(arr.shape[0])
     value_range = intensity_range(arr)
+    options = {"score_threshold": score_threshold, "top_k": top_k, "normalize": False}
+    bright = burned_in(arr) if skip_overlays else None
+    if bright is not None:
+        if size != arr.shape[1:]:  # thin ruler lines and glyphs must survive a shrink
+            bright = (resize_masks(bright[None] >= 1, size, min_fraction=0.1)[0]
+                      + resize_masks(bright[None] >= 2, size, min_fraction=0.1)[0])
+        options["burned_in"] = bright
     rows: list[np.ndarray] = [out.boxes[~np.isin(out.boxes[:, 0], index)]] if len(out.boxes) else []
     total, done = len(index), 0
     while done < total:
@@ -176,9 +190,7 @@ def iter_segment(
         images = normalize_slices(np.asarray(batch), value_range)
         if size != arr.shape[1:]:
             images = resize_images(images, size)
-        results, batch_size = _predict_chunk(
-            net, images, batch_size, device,
-            {"score_threshold": score_threshold, "top_k": top_k, "normalize": False})
+        results, batch_size = _predict_chunk(net, images, batch_size, device, options)
         if size != arr.shape[1:]:
             results = results_to_input(results, arr.shape[1:])
         for j, result in enumerate(results):

@@ -18,7 +18,7 @@ from .head import FCNHead
 from .refine_head import RoiRefineHead
 from .losses import seg_loss
 from .roi_conv import boxes_to_pixel_mask
-from .rpn import RoiSegRPN, build_rpn, select_test_rois, select_training_rois
+from .rpn import RoiSegRPN, build_rpn, drop_burned_in, select_test_rois, select_training_rois
 
 __all__ = ["RPNFCN", "build_model", "count_parameters", "grow_boxes"]
 
@@ -55,7 +55,13 @@ class RPNFCN(nn.Module):
         *,
         score_threshold: float | None = None,
         top_k: int | None = None,
+        burned_in: Tensor | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """``burned_in`` (eval only): a stack's bright-pixel map
+        (:func:`~src_model.preprocess.burned_in`, ``Tensor[H, W]`` or ``[N, H, W]``); proposals
+        whose bright pixels are mostly burned-in overlay are dropped before the test filter
+        (:func:`~src_model.rpn.drop_burned_in`), so they neither paint a mask nor take the
+        structure's top-k place."""
         check_images(images)
         if self.training:
             check_targets(images, targets)
@@ -77,6 +83,9 @@ class RPNFCN(nn.Module):
         else:
             thr = self.config.test_score_threshold if score_threshold is None else score_threshold
             k = self.config.test_top_k if top_k is None else top_k
+            if burned_in is not None:
+                proposals, scores = drop_burned_in(proposals, scores,
+                                                   burned_in.to(features.device))
             rois, scores = select_test_rois(proposals, scores, thr, k,
                                             self.config.test_single_object)
         head_rois = rois if self.training else grow_boxes(rois, self.config.test_roi_margin, size)

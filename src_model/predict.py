@@ -102,6 +102,7 @@ def iter_predict(
     top_k: int | None = None,
     normalize: bool = True,
     probabilities: bool = True,
+    burned_in: np.ndarray | None = None,
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """Segment ``slices`` batch by batch, yielding ``(slice_index, result)`` in slice order.
 
@@ -127,6 +128,10 @@ def iter_predict(
     probabilities
         Include the ``probabilities`` maps (default). ``False`` leaves them out, which saves a
         float copy of every slice from the GPU when only masks and boxes are wanted.
+    burned_in
+        ``uint8 (H, W)`` bright-pixel map of the stack (:func:`~src_model.preprocess.burned_in`):
+        proposals whose bright pixels are mostly burned-in overlay are dropped. RPN-FCN only
+        (the baselines have no ROIs and ignore it).
 
     Yields
     ------
@@ -155,11 +160,17 @@ def iter_predict(
         if dev.type == "cuda"
         else contextlib.nullcontext()
     )
+    extra = {}
+    if burned_in is not None and isinstance(getattr(model, "rpn", None), RoiSegRPN):
+        if burned_in.shape != stack.shape[1:]:
+            raise ValueError(f"burned_in has shape {burned_in.shape}, the slices "
+                             f"{stack.shape[1:]}")
+        extra["burned_in"] = torch.from_numpy(np.asarray(burned_in, dtype=np.uint8)).to(dev)
     try:
         for start in range(0, stack.shape[0], batch_size):
             batch = torch.from_numpy(stack[start : start + batch_size]).to(dev)[:, None]
             with torch.inference_mode(), autocast, _roi_prefilter(model, score_threshold):
-                outputs = model(batch, score_threshold=score_threshold, top_k=top_k)
+                outputs = model(batch, score_threshold=score_threshold, top_k=top_k, **extra)
             for offset, result in enumerate(_to_numpy(outputs, probabilities)):
                 yield start + offset, result
     finally:

@@ -10,7 +10,7 @@ import numpy as np
 
 from .mmap_pages import release_slices
 
-__all__ = ["imaged_area", "intensity_range", "normalize_slices", "ROBUST_PERCENTILES"]
+__all__ = ["burned_in", "imaged_area", "intensity_range", "normalize_slices", "ROBUST_PERCENTILES"]
 
 # Robust range for non-uint8 data: a few saturated or dead pixels (common in exported ultrasound)
 # must not squash the contrast of everything else.
@@ -96,20 +96,59 @@ def imaged_area(stack: np.ndarray, frames: int = 8) -> np.ndarray | None:
     s, h, w = stack.shape
     if h * w == 0:
         return None
-    if s >= 3:
-        picks = np.unique(np.linspace(0, s - 1, min(frames, s)).round().astype(int))
-        few = np.stack([np.asarray(stack[k]) for k in picks])
-        varying = few.max(axis=0) != few.min(axis=0)
-        if varying.mean() >= 0.2:
-            return None if varying.all() else varying
-        first = few[0]
-    else:
-        first = np.asarray(stack[0])
+    varying = _varying(stack, frames)
+    if varying is not None:
+        return None if varying.all() else varying
+    first = np.asarray(stack[0])
     finite = np.isfinite(first)
     if not finite.all():
         return None  # the NaN check reports these
     above = first > first.min()
     return None if above.mean() < 0.2 or above.all() else above
+
+
+def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0) -> np.ndarray | None:
+    """``uint8 (H, W)`` map of a ``(S, H, W)`` stack's bright pixels: 0 dark, 1 bright tissue,
+    2 bright and burned in (scanner text, depth ruler, bars, logo: the same in every frame
+    while the tissue changes). Or None when the stack cannot tell: under 3 frames, under 5 %
+    of the pixels varying (a still or repeated stack; sectors leave wide black margins, so the
+    bar is lower than :func:`imaged_area`'s), or no bright pixel static.
+
+    Read from up to ``frames`` evenly spaced frames (cheap on a memory-mapped volume): a pixel
+    is bright when its maximum over them reaches the ``percentile`` of the varying pixels'
+    maxima. Only bright static pixels count, so black margins and clipped dark tissue (an
+    acoustic shadow of exact zeros) are never taken for an overlay. The segmentation engine
+    drops a proposal whose bright pixels are mostly burned in
+    (:func:`src_model.rpn.drop_burned_in`).
+    """
+    if stack.ndim != 3 or stack.shape[1] * stack.shape[2] == 0:
+        return None
+    varying = _varying(stack, frames, min_fraction=0.05)
+    if varying is None or varying.all():
+        return None
+    picks = np.unique(np.linspace(0, stack.shape[0] - 1, min(frames, stack.shape[0]))
+                      .round().astype(int))
+    top = np.max(np.stack([np.asarray(stack[k]) for k in picks]), axis=0).astype(np.float32)
+    if not np.isfinite(top).all():
+        return None  # the NaN check reports these
+    bright = top >= np.percentile(top[varying], percentile)
+    burned = bright & ~varying
+    if not burned.any():
+        return None
+    return bright.astype(np.uint8) + burned.astype(np.uint8)
+
+
+def _varying(stack: np.ndarray, frames: int, min_fraction: float = 0.2) -> np.ndarray | None:
+    """Pixels that differ between up to ``frames`` evenly spaced frames of a stack of 3 or more,
+    when at least ``min_fraction`` of them do; None otherwise."""
+    s = stack.shape[0]
+    if s < 3:
+        return None
+    picks = np.unique(np.linspace(0, s - 1, min(frames, s)).round().astype(int))
+    few = np.stack([np.asarray(stack[k]) for k in picks])
+    with np.errstate(invalid="ignore"):
+        varying = few.max(axis=0) != few.min(axis=0)
+    return varying if varying.mean() >= min_fraction else None
 
 
 def normalize_slices(arr: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:

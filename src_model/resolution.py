@@ -133,13 +133,15 @@ def resize_images(images: np.ndarray, size: Sequence[int]) -> np.ndarray:
     return _interpolate(images, size, antialias=True)
 
 
-def resize_masks(masks: np.ndarray, size: Sequence[int]) -> np.ndarray:
+def resize_masks(masks: np.ndarray, size: Sequence[int], min_fraction: float = 0.5) -> np.ndarray:
     """``(N, H, W)`` 0/1 masks -> ``(N, h, w)`` uint8: resampled as fractions (bilinear,
-    antialiased), foreground where at least half a pixel is."""
+    antialiased), foreground where at least ``min_fraction`` of a pixel is (0.5: half a pixel;
+    a small value keeps lines thinner than the new pixels)."""
     size = (int(size[0]), int(size[1]))
     if tuple(masks.shape[-2:]) == size:
         return (np.asarray(masks) != 0).astype(np.uint8)
-    return (_interpolate(np.asarray(masks) != 0, size, antialias=True) >= 0.5).astype(np.uint8)
+    fractions = _interpolate(np.asarray(masks) != 0, size, antialias=True)
+    return (fractions >= min_fraction).astype(np.uint8)
 
 
 def results_to_input(results: list[dict[str, np.ndarray]], shape: Sequence[int]

@@ -34,6 +34,7 @@ __all__ = [
     "GridAnchorGenerator",
     "RoiSegRPN",
     "build_rpn",
+    "drop_burned_in",
     "prefilter_scores",
     "select_test_rois",
     "select_training_rois",
@@ -217,4 +218,46 @@ def select_test_rois(
             boxes, s = boxes[keep], s[keep]
         out_boxes.append(boxes)
         out_scores.append(s)
+    return out_boxes, out_scores
+
+
+def drop_burned_in(
+    proposals: list[Tensor],
+    scores: list[Tensor],
+    bright: Tensor,
+    max_fraction: float = 0.25,
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Drop the proposals whose bright pixels are mostly burned-in overlay, with their scores.
+
+    ``bright`` is ``Tensor[H, W]`` (or ``[N, H, W]``) in image pixels, as
+    :func:`src_model.preprocess.burned_in` makes it: 0 dark, 1 bright tissue, 2 bright and
+    burned in. A proposal is dropped when at least ``max_fraction`` of its bright pixels are
+    burned in: what the detector fired on is a ruler, text, a bar or a logo, not tissue (boxes
+    on the phantoms' structure hold none; a box on a ruler over tissue ~40 %). A pixel
+    is in a box when its centre is (``roi_conv.boxes_to_pixel_mask``'s rule). Counts come from
+    two integral images per image: O(H*W + K)."""
+    if bright.ndim == 2:
+        bright = bright.expand(len(proposals), *bright.shape)
+    h, w = int(bright.shape[-2]), int(bright.shape[-1])
+    out_boxes, out_scores = [], []
+    for boxes, s, img in zip(proposals, scores, bright):
+        if len(boxes) == 0:
+            out_boxes.append(boxes)
+            out_scores.append(s)
+            continue
+        sums = torch.zeros((2, h + 1, w + 1), dtype=torch.float64, device=img.device)
+        sums[0, 1:, 1:] = (img >= 1).to(torch.float64).cumsum(0).cumsum(1)
+        sums[1, 1:, 1:] = (img >= 2).to(torch.float64).cumsum(0).cumsum(1)
+        # pixel (i, j) is in the box when x1 <= j + 0.5 <= x2: j from ceil(x1 - 0.5) to
+        # floor(x2 - 0.5)
+        b = boxes.detach().to(device=img.device, dtype=torch.float64)
+        c0 = torch.ceil(b[:, 0] - 0.5).clamp(0, w).long()
+        c1 = torch.maximum((torch.floor(b[:, 2] - 0.5) + 1).clamp(0, w).long(), c0)
+        r0 = torch.ceil(b[:, 1] - 0.5).clamp(0, h).long()
+        r1 = torch.maximum((torch.floor(b[:, 3] - 0.5) + 1).clamp(0, h).long(), r0)
+        count = sums[:, r1, c1] - sums[:, r0, c1] - sums[:, r1, c0] + sums[:, r0, c0]
+        keep = ~((count[0] > 0) & (count[1] >= max_fraction * count[0]))
+        keep = keep.to(boxes.device)
+        out_boxes.append(boxes[keep])
+        out_scores.append(s[keep])
     return out_boxes, out_scores

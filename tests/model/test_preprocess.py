@@ -99,3 +99,63 @@ def test_one_frame_leaves_its_black_border_out():
     assert area.sum() == 70 * 80
     lo, _ = intensity_range(frame)
     assert lo >= 50.0  # not the border's 0
+
+
+def _sweep_with_overlay(frames=6, seed=0):
+    """Speckled tissue that changes every frame, a black margin, an acoustic shadow of exact
+    zeros inside the tissue, a bright band (the structure) and a white burned-in ruler."""
+    rng = np.random.default_rng(seed)
+    stack = rng.integers(30, 120, size=(frames, 60, 80)).astype(np.uint8)
+    stack[:, :, :8] = 0  # black margin: static but dark
+    stack[:, 30:45, 20:50] = 0  # shadow below the band: exact zeros in every frame
+    stack[:, 24:28, 20:50] = rng.integers(200, 250, size=(frames, 4, 30))  # bright band
+    stack[:, 5:55, 74:76] = 255  # burned-in ruler
+    return stack
+
+
+def test_burned_in_marks_bright_static_pixels_only():
+    from src_model.preprocess import burned_in
+
+    stack = _sweep_with_overlay()
+    m = burned_in(stack)
+    assert m.dtype == np.uint8 and m.shape == stack.shape[1:]
+    assert (m[5:55, 74:76] == 2).all()  # the ruler: bright and the same in every frame
+    assert (m[24:28, 20:50] == 1).mean() > 0.5 and not (m[24:28, 20:50] == 2).any()  # the band
+    assert not m[:, :8].any() and not m[30:45, 20:50].any()  # margin and shadow: dark, not overlay
+    assert burned_in(stack[:2]) is None  # two frames cannot tell
+    assert burned_in(np.repeat(stack[:1], 5, axis=0)) is None  # a still stack cannot either
+    no_overlay = stack.copy()
+    no_overlay[:, 5:55, 74:76] = stack[:, 5:55, 60:62]
+    assert burned_in(no_overlay) is None  # nothing bright is static
+
+
+def test_drop_burned_in_removes_boxes_on_overlays_and_keeps_the_structure():
+    import torch
+
+    from src_model.preprocess import burned_in
+    from src_model.rpn import drop_burned_in
+
+    m = torch.from_numpy(burned_in(_sweep_with_overlay()))
+    boxes = torch.tensor([
+        [18.0, 20.0, 52.0, 47.0],  # the band and its shadow: kept
+        [70.0, 10.0, 80.0, 50.0],  # the ruler: dropped
+        [60.5, 10.2, 79.7, 49.9],  # the ruler and some tissue: mostly ruler, dropped
+        [0.0, 0.0, 8.0, 60.0],  # the black margin: no bright pixel, left to the filter
+    ])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    kept, kept_scores = drop_burned_in([boxes, boxes[:0]], [scores, scores[:0]], m)
+    assert kept[0].tolist() == [boxes[0].tolist(), boxes[3].tolist()]
+    assert kept_scores[0].tolist() == pytest.approx([0.9, 0.6]) and len(kept[1]) == 0
+    # the rule, pixel by pixel (a pixel is in a box when its centre is)
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(40, 2, generator=g) * torch.tensor([80.0, 60.0])
+    random_boxes = torch.cat([xy, xy + torch.rand(40, 2, generator=g) * 30 + 0.3], dim=1)
+    got, _ = drop_burned_in([random_boxes], [torch.ones(40)], m, max_fraction=0.4)
+    jj, ii = np.meshgrid(np.arange(80) + 0.5, np.arange(60) + 0.5)
+    want = []
+    for x1, y1, x2, y2 in random_boxes.tolist():
+        inside = (jj >= x1) & (jj <= x2) & (ii >= y1) & (ii <= y2)
+        bright, burned = (m.numpy()[inside] >= 1).sum(), (m.numpy()[inside] == 2).sum()
+        want.append(not (bright > 0 and burned >= 0.4 * bright))
+    assert got[0].tolist() == random_boxes[torch.tensor(want)].tolist()
+    assert 0 < sum(want) < 40
