@@ -245,12 +245,13 @@ def drop_burned_in(
             out_boxes.append(boxes)
             out_scores.append(s)
             continue
-        sums = torch.zeros((2, h + 1, w + 1), dtype=torch.float64, device=img.device)
-        sums[0, 1:, 1:] = (img >= 1).to(torch.float64).cumsum(0).cumsum(1)
-        sums[1, 1:, 1:] = (img >= 2).to(torch.float64).cumsum(0).cumsum(1)
+        # integer counts (exact; no float64, which MPS lacks)
+        sums = torch.zeros((2, h + 1, w + 1), dtype=torch.int32, device=img.device)
+        sums[0, 1:, 1:] = (img >= 1).to(torch.int32).cumsum(0).cumsum(1)
+        sums[1, 1:, 1:] = (img >= 2).to(torch.int32).cumsum(0).cumsum(1)
         # pixel (i, j) is in the box when x1 <= j + 0.5 <= x2: j from ceil(x1 - 0.5) to
         # floor(x2 - 0.5)
-        b = boxes.detach().to(device=img.device, dtype=torch.float64)
+        b = boxes.detach().to(device=img.device, dtype=torch.float32)
         c0 = torch.ceil(b[:, 0] - 0.5).clamp(0, w).long()
         c1 = torch.maximum((torch.floor(b[:, 2] - 0.5) + 1).clamp(0, w).long(), c0)
         r0 = torch.ceil(b[:, 1] - 0.5).clamp(0, h).long()
