@@ -96,7 +96,7 @@ def imaged_area(stack: np.ndarray, frames: int = 8) -> np.ndarray | None:
     s, h, w = stack.shape
     if h * w == 0:
         return None
-    varying = _varying(stack, frames)
+    varying = _varying(_frame_sample(stack, frames))
     if varying is not None:
         return None if varying.all() else varying
     first = np.asarray(stack[0])
@@ -123,12 +123,11 @@ def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0) -> n
     """
     if stack.ndim != 3 or stack.shape[1] * stack.shape[2] == 0:
         return None
-    varying = _varying(stack, frames, min_fraction=0.05)
+    few = _frame_sample(stack, frames)
+    varying = _varying(few, min_fraction=0.05)
     if varying is None or varying.all():
         return None
-    picks = np.unique(np.linspace(0, stack.shape[0] - 1, min(frames, stack.shape[0]))
-                      .round().astype(int))
-    top = np.max(np.stack([np.asarray(stack[k]) for k in picks]), axis=0).astype(np.float32)
+    top = few.max(axis=0).astype(np.float32)
     if not np.isfinite(top).all():
         return None  # the NaN check reports these
     bright = top >= np.percentile(top[varying], percentile)
@@ -138,14 +137,21 @@ def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0) -> n
     return bright.astype(np.uint8) + burned.astype(np.uint8)
 
 
-def _varying(stack: np.ndarray, frames: int, min_fraction: float = 0.2) -> np.ndarray | None:
-    """Pixels that differ between up to ``frames`` evenly spaced frames of a stack of 3 or more,
-    when at least ``min_fraction`` of them do; None otherwise."""
+def _frame_sample(stack: np.ndarray, frames: int) -> np.ndarray | None:
+    """Up to ``frames`` evenly spaced frames of a stack of 3 or more, ``(k, H, W)``; None for
+    fewer frames. Read once: a memory-mapped volume pages in only these."""
     s = stack.shape[0]
     if s < 3:
         return None
     picks = np.unique(np.linspace(0, s - 1, min(frames, s)).round().astype(int))
-    few = np.stack([np.asarray(stack[k]) for k in picks])
+    return np.stack([np.asarray(stack[k]) for k in picks])
+
+
+def _varying(few: np.ndarray | None, min_fraction: float = 0.2) -> np.ndarray | None:
+    """Pixels that differ between the frames of a :func:`_frame_sample`, when at least
+    ``min_fraction`` of them do; None otherwise (or without a sample)."""
+    if few is None:
+        return None
     with np.errstate(invalid="ignore"):
         varying = few.max(axis=0) != few.min(axis=0)
     return varying if varying.mean() >= min_fraction else None

@@ -229,29 +229,26 @@ def drop_burned_in(
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Drop the proposals whose bright pixels are mostly burned-in overlay, with their scores.
 
-    ``bright`` is ``Tensor[H, W]`` (or ``[N, H, W]``) in image pixels, as
-    :func:`src_model.preprocess.burned_in` makes it: 0 dark, 1 bright tissue, 2 bright and
-    burned in. A proposal is dropped when at least ``max_fraction`` of its bright pixels are
-    burned in: what the detector fired on is a ruler, text, a bar or a logo, not tissue (boxes
-    on the phantoms' structure hold none; a box on a ruler over tissue ~40 %). A pixel
-    is in a box when its centre is (``roi_conv.boxes_to_pixel_mask``'s rule). Counts come from
-    two integral images per image: O(H*W + K)."""
-    if bright.ndim == 2:
-        bright = bright.expand(len(proposals), *bright.shape)
+    ``bright`` is ``Tensor[H, W]`` (one map for every image, as the segmentation engine passes a
+    volume's) or ``[N, H, W]`` in image pixels, as :func:`src_model.preprocess.burned_in` makes
+    it: 0 dark, 1 bright tissue, 2 bright and burned in. A proposal is dropped when at least
+    ``max_fraction`` of its bright pixels are burned in: what the detector fired on is a ruler,
+    text, a bar or a logo, not tissue (boxes on the phantoms' structure hold none; a box on a
+    ruler over tissue ~40 %). A pixel is in a box when its centre is
+    (``roi_conv.boxes_to_pixel_mask``'s rule). Counts come from two integral images per map
+    (made once for a shared map): O(H*W + K)."""
     h, w = int(bright.shape[-2]), int(bright.shape[-1])
+    shared = _bright_integrals(bright) if bright.ndim == 2 else None
     out_boxes, out_scores = [], []
-    for boxes, s, img in zip(proposals, scores, bright):
+    for n, (boxes, s) in enumerate(zip(proposals, scores)):
         if len(boxes) == 0:
             out_boxes.append(boxes)
             out_scores.append(s)
             continue
-        # integer counts (exact; no float64, which MPS lacks)
-        sums = torch.zeros((2, h + 1, w + 1), dtype=torch.int32, device=img.device)
-        sums[0, 1:, 1:] = (img >= 1).to(torch.int32).cumsum(0).cumsum(1)
-        sums[1, 1:, 1:] = (img >= 2).to(torch.int32).cumsum(0).cumsum(1)
+        sums = shared if shared is not None else _bright_integrals(bright[n])
         # pixel (i, j) is in the box when x1 <= j + 0.5 <= x2: j from ceil(x1 - 0.5) to
         # floor(x2 - 0.5)
-        b = boxes.detach().to(device=img.device, dtype=torch.float32)
+        b = boxes.detach().to(device=sums.device, dtype=torch.float32)
         c0 = torch.ceil(b[:, 0] - 0.5).clamp(0, w).long()
         c1 = torch.maximum((torch.floor(b[:, 2] - 0.5) + 1).clamp(0, w).long(), c0)
         r0 = torch.ceil(b[:, 1] - 0.5).clamp(0, h).long()
@@ -262,3 +259,13 @@ def drop_burned_in(
         out_boxes.append(boxes[keep])
         out_scores.append(s[keep])
     return out_boxes, out_scores
+
+
+def _bright_integrals(bright: Tensor) -> Tensor:
+    """``Tensor[2, H+1, W+1]`` int32 integral images of a map's bright (>= 1) and burned-in
+    (>= 2) pixels; integer counts are exact and need no float64, which MPS lacks."""
+    h, w = int(bright.shape[-2]), int(bright.shape[-1])
+    sums = torch.zeros((2, h + 1, w + 1), dtype=torch.int32, device=bright.device)
+    sums[0, 1:, 1:] = (bright >= 1).to(torch.int32).cumsum(0).cumsum(1)
+    sums[1, 1:, 1:] = (bright >= 2).to(torch.int32).cumsum(0).cumsum(1)
+    return sums
