@@ -36,6 +36,19 @@ def on_overlay(box: np.ndarray, elements: list[dict]) -> str | None:
     return None
 
 
+def overlay_hits(boxes: np.ndarray, elements: list[dict]) -> list[dict]:
+    """The rows of a result's ``boxes`` (``slice, y1, x1, y2, x2, score``) that sit on an overlay
+    element (:func:`on_overlay`): ``{"slice", "kind", "score", "box_xyxy"}`` each."""
+    hits = []
+    for row in boxes:
+        k, (y1, x1, y2, x2), score = int(row[0]), row[1:5], float(row[5])
+        kind = on_overlay(np.array([x1, y1, x2, y2]), elements)
+        if kind:
+            hits.append({"slice": k, "kind": kind, "score": round(score, 3),
+                         "box_xyxy": [round(float(v), 1) for v in (x1, y1, x2, y2)]})
+    return hits
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
@@ -59,13 +72,8 @@ def main() -> None:
         evaluator.process(result.labels, ph.labels)
         painted += int(result.labels[:, ph.overlay_mask].sum())
         n_slices += len(ph.volume)
-        for row in result.boxes:
-            n_boxes += 1
-            k, (y1, x1, y2, x2), score = int(row[0]), row[1:5], float(row[5])
-            kind = on_overlay(np.array([x1, y1, x2, y2]), ph.style["overlays"])
-            if kind:
-                hits.append({"seed": seed, "slice": k, "kind": kind, "score": round(score, 3),
-                             "box_xyxy": [round(float(v), 1) for v in (x1, y1, x2, y2)]})
+        n_boxes += len(result.boxes)
+        hits += [{"seed": seed, **h} for h in overlay_hits(result.boxes, ph.style["overlays"])]
     slices_hit = len({(h["seed"], h["slice"]) for h in hits})
     metrics = evaluator.evaluate()
     metrics.pop("per_slice", None)

@@ -17,12 +17,11 @@ from napari_roiseg.segment import load_model, segment_array  # noqa: E402
 from src_model.metrics import evaluate_masks  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from overlay_check import on_overlay  # noqa: E402
+from overlay_check import overlay_hits  # noqa: E402
 
 
 def _on_overlays(result, ph) -> int:
-    return sum(1 for row in result.boxes
-               if on_overlay(np.array([row[2], row[1], row[4], row[3]]), ph.style["overlays"]))
+    return len(overlay_hits(result.boxes, ph.style["overlays"]))
 
 
 @pytest.mark.parametrize("seed", [9104, 9123])
