@@ -235,3 +235,69 @@ def test_tiny_rpn_fcn_overfits_one_phantom_slice():
             if best > 0.9:
                 break
     assert best > 0.9, f"dice {best:.3f} after {step} steps"
+
+
+def _proposals(n_boxes: int, clustered: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_boxes`` random boxes on a 384 x 512 image with logits; the best ``clustered`` are near
+    copies of 5 boxes (nearly all suppressed), the rest spread out (nearly all kept)."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n_boxes, 2, generator=g) * torch.tensor([480.0, 352.0])
+    wh = 8 + torch.rand(n_boxes, 2, generator=g) * 40
+    if clustered:
+        centres = xy[torch.randint(0, 5, (clustered,), generator=g)]
+        xy[:clustered] = centres[:clustered] + torch.rand(clustered, 2, generator=g)
+        wh[:clustered] = 30
+    logits = torch.randn(n_boxes, generator=g)
+    if clustered:
+        logits[:clustered] += 10
+    return torch.cat([xy, xy + wh], 1), logits
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_prefix_nms_keeps_exactly_what_torchvision_keeps(training):
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    model = build_model(tiny_config(rpn_pre_nms_top_n_train=12000, rpn_post_nms_top_n_train=500,
+                                    rpn_pre_nms_top_n_test=3000, rpn_post_nms_top_n_test=100))
+    rpn = model.rpn.train(training)
+    # image 0 keeps enough from the first prefix; image 1's best 1500 collapse to 5 boxes, so
+    # its prefix doubles until it holds 500 survivors; image 2 runs out of boxes (all of them)
+    pairs = [_proposals(4000, 0, 1), _proposals(4000, 1500, 2), _proposals(4000, 3990, 3)]
+    proposals = torch.stack([p for p, _ in pairs])
+    objectness = torch.stack([o for _, o in pairs]).reshape(-1, 1)
+    shapes = [(384, 512)] * 3
+    got_boxes, got_scores = rpn.filter_proposals(proposals, objectness, shapes, [4000])
+    ref_boxes, ref_scores = RegionProposalNetwork.filter_proposals(
+        rpn, proposals, objectness, shapes, [4000])
+    post = rpn.post_nms_top_n()
+    assert [len(b) for b in ref_boxes][:2] == [post, post] and len(ref_boxes[2]) < post
+    for g, r, gs, rs in zip(got_boxes, ref_boxes, got_scores, ref_scores):
+        assert torch.equal(g, r) and torch.equal(gs, rs)
+
+
+def test_prefix_nms_on_the_models_own_proposals_is_torchvisions():
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config(rpn_pre_nms_top_n_train=12000, rpn_post_nms_top_n_train=300))
+    model.train()
+    seen = {}
+
+    def keep_inputs(proposals, objectness, shapes, levels):
+        seen["args"] = (proposals, objectness, shapes, levels)
+        return type(model.rpn).filter_proposals(model.rpn, proposals, objectness, shapes, levels)
+
+    model.rpn.filter_proposals = keep_inputs
+    images, targets = _two_slices(256, 192)
+    model(images, targets)
+    got = type(model.rpn).filter_proposals(model.rpn, *seen["args"])
+    ref = RegionProposalNetwork.filter_proposals(model.rpn, *seen["args"])
+    assert seen["args"][0].shape[1] > 2 * 300  # the prefix path ran
+    for g, gs, r, rs in zip(*got, *ref):
+        assert torch.equal(gs, rs)  # same scores in the same order; boxes of equal score
+        assert torch.equal(_by_score_then_box(g, gs), _by_score_then_box(r, rs))  # any order
+
+
+def _by_score_then_box(boxes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    rows = torch.cat([scores[:, None].double(), boxes.double()], 1).numpy()
+    return torch.from_numpy(rows[np.lexsort(rows.T[::-1])])
