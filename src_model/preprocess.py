@@ -107,19 +107,24 @@ def imaged_area(stack: np.ndarray, frames: int = 8) -> np.ndarray | None:
     return None if above.mean() < 0.2 or above.all() else above
 
 
-def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0) -> np.ndarray | None:
-    """``uint8 (H, W)`` map of a ``(S, H, W)`` stack's bright pixels: 0 dark, 1 bright tissue,
-    2 bright and burned in (scanner text, depth ruler, bars, logo: the same in every frame
-    while the tissue changes). Or None when the stack cannot tell: under 3 frames, under 5 %
-    of the pixels varying (a still or repeated stack; sectors leave wide black margins, so the
-    bar is lower than :func:`imaged_area`'s), or no bright pixel static.
+def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0,
+              static_percentile: float = 50.0) -> np.ndarray | None:
+    """``uint8 (H, W)`` map of a ``(S, H, W)`` stack: 0 dark, 1 bright tissue, 2 burned in
+    (scanner text, depth ruler, bars, logo: the same in every frame while the tissue changes).
+    Or None when the stack cannot tell: under 3 frames, under 5 % of the pixels varying (a
+    still or repeated stack; sectors leave wide black margins, so the bar is lower than
+    :func:`imaged_area`'s), or nothing burned in.
 
-    Read from up to ``frames`` evenly spaced frames (cheap on a memory-mapped volume): a pixel
-    is bright when its maximum over them reaches the ``percentile`` of the varying pixels'
-    maxima. Only bright static pixels count, so black margins and clipped dark tissue (an
-    acoustic shadow of exact zeros) are never taken for an overlay. The segmentation engine
-    drops a proposal whose bright pixels are mostly burned in
-    (:func:`src_model.rpn.drop_burned_in`).
+    Read from up to ``frames`` evenly spaced frames (cheap on a memory-mapped volume). Bright
+    tissue: a varying pixel whose maximum over them reaches the ``percentile`` of the varying
+    pixels' maxima. Burned in: a static pixel (equal in every frame) at least as bright as the
+    ``static_percentile`` of those maxima and above the sample's minimum. Speckle leaves no
+    tissue pixel exactly equal over frames of a sweep, so the level only keeps out the
+    background: black margins, an acoustic shadow of exact zeros, a dark noise floor. A level
+    of 50, not 95, also catches depth rulers and text drawn darker than the brightest tissue
+    (phantom v2 draws rulers at 150-166 of 255, the tissue's 95th percentile is ~150-170:
+    ``scripts/overlay_rule_sweep.py``). The segmentation engine drops a proposal whose salient
+    (bright or burned-in) pixels are mostly burned in (:func:`src_model.rpn.drop_burned_in`).
     """
     if stack.ndim != 3 or stack.shape[1] * stack.shape[2] == 0:
         return None
@@ -130,10 +135,12 @@ def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0) -> n
     top = few.max(axis=0).astype(np.float32)
     if not np.isfinite(top).all():
         return None  # the NaN check reports these
-    bright = top >= np.percentile(top[varying], percentile)
-    burned = bright & ~varying
+    maxima = top[varying]
+    floor = max(float(np.percentile(maxima, static_percentile)), float(few.min()) + 1e-6)
+    burned = ~varying & (top >= floor)
     if not burned.any():
         return None
+    bright = (top >= np.percentile(maxima, percentile)) | burned
     return bright.astype(np.uint8) + burned.astype(np.uint8)
 
 

@@ -103,30 +103,37 @@ def test_one_frame_leaves_its_black_border_out():
 
 def _sweep_with_overlay(frames=6, seed=0):
     """Speckled tissue that changes every frame, a black margin, an acoustic shadow of exact
-    zeros inside the tissue, a bright band (the structure) and a white burned-in ruler."""
+    zeros inside the tissue, a bright band (the structure), a white burned-in ruler, a dim
+    one (darker than the brightest tissue, brighter than most) and a dark static patch."""
     rng = np.random.default_rng(seed)
     stack = rng.integers(30, 120, size=(frames, 60, 80)).astype(np.uint8)
     stack[:, :, :8] = 0  # black margin: static but dark
     stack[:, 30:45, 20:50] = 0  # shadow below the band: exact zeros in every frame
     stack[:, 24:28, 20:50] = rng.integers(200, 250, size=(frames, 4, 30))  # bright band
     stack[:, 5:55, 74:76] = 255  # burned-in ruler
+    stack[:, 5:55, 66] = 112  # dim ruler: tissue maxima's 50th percentile 110, 95th 119
+    stack[:, 50:58, 10:18] = 20  # static but dark: a noise floor, not an overlay
     return stack
 
 
-def test_burned_in_marks_bright_static_pixels_only():
+def test_burned_in_marks_static_pixels_brighter_than_the_background_only():
     from src_model.preprocess import burned_in
 
     stack = _sweep_with_overlay()
     m = burned_in(stack)
     assert m.dtype == np.uint8 and m.shape == stack.shape[1:]
     assert (m[5:55, 74:76] == 2).all()  # the ruler: bright and the same in every frame
+    assert (m[5:55, 66] == 2).all()  # the dim ruler too
+    assert not burned_in(stack, static_percentile=95)[5:55, 66].any()  # a "bright only" rule
     assert (m[24:28, 20:50] == 1).mean() > 0.5 and not (m[24:28, 20:50] == 2).any()  # the band
     assert not m[:, :8].any() and not m[30:45, 20:50].any()  # margin and shadow: dark, not overlay
+    assert not m[50:58, 10:18].any()  # static below the tissue's median maximum: not an overlay
     assert burned_in(stack[:2]) is None  # two frames cannot tell
     assert burned_in(np.repeat(stack[:1], 5, axis=0)) is None  # a still stack cannot either
     no_overlay = stack.copy()
     no_overlay[:, 5:55, 74:76] = stack[:, 5:55, 60:62]
-    assert burned_in(no_overlay) is None  # nothing bright is static
+    no_overlay[:, 5:55, 66] = stack[:, 5:55, 62]
+    assert burned_in(no_overlay) is None  # nothing but the background is static
 
 
 def test_drop_burned_in_removes_boxes_on_overlays_and_keeps_the_structure():
