@@ -66,6 +66,8 @@ def main() -> None:
                    help="re-pick the ROI filter on the validation frames (finetune(tune_rois=True))")
     p.add_argument("--no-tune-rois", action="store_true", help="(the default; kept for old commands)")
     p.add_argument("--freeze-blocks", type=int, default=None, help="default: the API's")
+    p.add_argument("--anchors", choices=["auto", "fit", "keep"], default=None,
+                   help="refit the RPN anchors to the labelled boxes (default: the API's auto)")
     p.add_argument("--no-negatives", action="store_true",
                    help="train on the labelled frames only (default: the tune sweeps' frames "
                         "without the structure are passed as negatives, as an annotator marks "
@@ -90,6 +92,8 @@ def main() -> None:
         options["tune_rois"] = True
     if args.freeze_blocks is not None:
         options["freeze_blocks"] = args.freeze_blocks
+    if args.anchors is not None:
+        options["anchors"] = args.anchors
     empty = sorted(set(range(len(image))) - set(labelled))
     if not args.no_negatives:
         options["negatives"] = empty
