@@ -98,6 +98,9 @@ def main() -> None:
     p.add_argument("--dim-rulers", action="store_true",
                    help="keep only the --seeds sweeps whose depth ruler is dimmer than the "
                         "brightest tissue (dim_ruler_seeds)")
+    p.add_argument("--candidates", default=None,
+                   help="static_percentile:max_fraction pairs, e.g. 50:0.25,50:0.15 "
+                        "(default: the six of CANDIDATES)")
     p.add_argument("--report", default=str(ROOT / "runs" / "overlay_rule_sweep.json"))
     args = p.parse_args()
     from napari_roiseg.segment import load_model
@@ -108,7 +111,9 @@ def main() -> None:
         print("sweeps with a dim depth ruler:", seeds, flush=True)
     model = load_model(None)
     rows = []
-    for static_percentile, max_fraction in CANDIDATES:
+    candidates = CANDIDATES if args.candidates is None else [
+        (float(a), float(b)) for a, b in (c.split(":") for c in args.candidates.split(","))]
+    for static_percentile, max_fraction in candidates:
         row = run(seeds, args.frames, static_percentile, max_fraction, model)
         rows.append(row)
         print(json.dumps(row), flush=True)
