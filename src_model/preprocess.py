@@ -108,7 +108,7 @@ def imaged_area(stack: np.ndarray, frames: int = 8) -> np.ndarray | None:
 
 
 def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0,
-              static_percentile: float = 50.0) -> np.ndarray | None:
+              static_percentile: float = 50.0, dim_frames: int = 8) -> np.ndarray | None:
     """``uint8 (H, W)`` map of a ``(S, H, W)`` stack: 0 dark, 1 bright tissue, 2 burned in
     (scanner text, depth ruler, bars, logo: the same in every frame while the tissue changes).
     Or None when the stack cannot tell: under 3 frames, under 5 % of the pixels varying (a
@@ -123,8 +123,12 @@ def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0,
     background: black margins, an acoustic shadow of exact zeros, a dark noise floor. A level
     of 50, not 95, also catches depth rulers and text drawn darker than the brightest tissue
     (phantom v2 draws rulers at 150-166 of 255, the tissue's 95th percentile is ~150-170:
-    ``scripts/overlay_rule_sweep.py``). The segmentation engine drops a proposal whose salient
-    (bright or burned-in) pixels are mostly burned in (:func:`src_model.rpn.drop_burned_in`).
+    ``scripts/overlay_rule_sweep.py``). That needs ``dim_frames`` sampled frames: in a short,
+    smooth clip a tissue pixel can repeat its value in 3-6 frames by chance (a review's test:
+    up to half of 40-px tissue boxes dropped at 3 frames), so with fewer frames only static
+    pixels reaching ``percentile`` count, the earlier rule. The segmentation engine drops a
+    proposal whose salient (bright or burned-in) pixels are mostly burned in
+    (:func:`src_model.rpn.drop_burned_in`).
     """
     if stack.ndim != 3 or stack.shape[1] * stack.shape[2] == 0:
         return None
@@ -136,8 +140,9 @@ def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0,
     if not np.isfinite(top).all():
         return None  # the NaN check reports these
     maxima = top[varying]
-    floor = max(float(np.percentile(maxima, static_percentile)), float(few.min()) + 1e-6)
-    burned = ~varying & (top >= floor)
+    level = static_percentile if len(few) >= dim_frames else max(static_percentile, percentile)
+    floor = float(np.percentile(maxima, level))
+    burned = ~varying & (top >= floor) & (top > few.min())
     if not burned.any():
         return None
     bright = (top >= np.percentile(maxima, percentile)) | burned

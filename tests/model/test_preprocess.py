@@ -101,7 +101,7 @@ def test_one_frame_leaves_its_black_border_out():
     assert lo >= 50.0  # not the border's 0
 
 
-def _sweep_with_overlay(frames=6, seed=0):
+def _sweep_with_overlay(frames=8, seed=0):
     """Speckled tissue that changes every frame, a black margin, an acoustic shadow of exact
     zeros inside the tissue, a bright band (the structure), a white burned-in ruler, a dim
     one (darker than the brightest tissue, brighter than most) and a dark static patch."""
@@ -111,7 +111,7 @@ def _sweep_with_overlay(frames=6, seed=0):
     stack[:, 30:45, 20:50] = 0  # shadow below the band: exact zeros in every frame
     stack[:, 24:28, 20:50] = rng.integers(200, 250, size=(frames, 4, 30))  # bright band
     stack[:, 5:55, 74:76] = 255  # burned-in ruler
-    stack[:, 5:55, 66] = 112  # dim ruler: tissue maxima's 50th percentile 110, 95th 119
+    stack[:, 5:55, 66] = 115  # dim ruler: tissue maxima's 50th percentile 112, 95th 119
     stack[:, 50:58, 10:18] = 20  # static but dark: a noise floor, not an overlay
     return stack
 
@@ -125,6 +125,8 @@ def test_burned_in_marks_static_pixels_brighter_than_the_background_only():
     assert (m[5:55, 74:76] == 2).all()  # the ruler: bright and the same in every frame
     assert (m[5:55, 66] == 2).all()  # the dim ruler too
     assert not burned_in(stack, static_percentile=95)[5:55, 66].any()  # a "bright only" rule
+    short = burned_in(stack[:6])  # too few frames to trust a dim static pixel: bright only
+    assert (short[5:55, 74:76] == 2).all() and not short[5:55, 66].any()
     assert (m[24:28, 20:50] == 1).mean() > 0.5 and not (m[24:28, 20:50] == 2).any()  # the band
     assert not m[:, :8].any() and not m[30:45, 20:50].any()  # margin and shadow: dark, not overlay
     assert not m[50:58, 10:18].any()  # static below the tissue's median maximum: not an overlay
