@@ -58,6 +58,9 @@ def main() -> None:
                    help="also train on phantom v2 sweeps (domain-randomised: sizes, spacings, "
                         "overlays), e.g. 1-40; resampled to the model's 0.15 mm like inference")
     p.add_argument("--v2-frames", type=int, default=24)
+    p.add_argument("--v2-label", choices=("roof", "ilium_roof"), default="roof",
+                   help="phantom v2 label: the roof alone (the v1 phantom's) or ilium + roof as "
+                        "one band (the Graf plane structure real hip labels draw)")
     p.add_argument("--v2-val-seeds", default="50-53")
     p.add_argument("--v2-test-seeds", default="100-107")
     p.add_argument("--train-only", choices=("all", "rpn", "heads"), default="all",
@@ -69,7 +72,7 @@ def main() -> None:
     test = [load_source(f"phantom:{s}:{args.slices}") for s in _seeds(args.test_seeds)]
     # Validation on held-out training-distribution volumes, never on the test seeds.
     val_volumes = [load_source(f"phantom:{s}:{args.slices}") for s in _seeds(args.val_seeds)]
-    v2 = lambda seeds: [load_source(f"phantom2:{s}:{args.v2_frames}:roof")  # noqa: E731
+    v2 = lambda seeds: [load_source(f"phantom2:{s}:{args.v2_frames}:{args.v2_label}")  # noqa: E731
                         for s in _seeds(seeds)]
     test_v2 = v2(args.v2_test_seeds) if args.v2_seeds else []
     if args.v2_seeds:
