@@ -128,11 +128,12 @@ def iter_segment(
 ) -> Generator[tuple[int, int], None, VolumeSegmentation]:
     """Segment ``slices`` (default: all) of ``volume``; yield ``(done, total)`` after each batch.
 
-    ``skip_overlays``: with 3 or more frames, a proposal whose bright pixels are mostly burned-in
-    overlay -- bright pixels that stay the same in every frame while the tissue changes: text,
-    depth rulers, bars, logos (:func:`~src_model.preprocess.burned_in`, read from the whole
-    volume once, like the intensity range) -- is dropped before the test filter, so it neither
-    paints a mask nor takes the place of the structure's box.
+    ``skip_overlays``: with 3 or more frames, a proposal whose salient pixels are largely
+    burned-in overlay -- pixels that stay the same in every frame while the tissue changes:
+    text, depth rulers, bars, logos (:func:`~src_model.preprocess.burned_in`, read from the
+    whole volume once, like the intensity range; :func:`~src_model.rpn.drop_burned_in`) -- is
+    dropped before the test filter, so it neither paints a mask nor takes the place of the
+    structure's box.
 
     ``spacing``: the in-plane pixel size in mm (a number, ``(y, x)`` or ``(z, y, x)``; None =
     unknown). Slices are resampled to the model's reference pixel size (or frame height) before

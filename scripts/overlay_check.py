@@ -49,6 +49,32 @@ def overlay_hits(boxes: np.ndarray, elements: list[dict]) -> list[dict]:
     return hits
 
 
+def check_sweeps(model, seeds, frames: int) -> dict:
+    """Segment the phantom v2 sweeps ``seeds`` (``frames`` each, at their pixel spacing) with
+    ``model``: ``{"hits"}`` (:func:`overlay_hits` rows with their ``seed``), ``"slices"``,
+    ``"boxes"``, ``"mask_pixels_on_overlays"`` and ``"metrics"`` (roof label, no per-slice
+    rows)."""
+    from napari_roiseg.segment import segment_array
+    from sample_data.phantom_v2 import make_phantom_v2
+    from src_model.metrics import SegmentationEvaluator
+
+    hits: list[dict] = []
+    n_slices = n_boxes = painted = 0
+    evaluator = SegmentationEvaluator()
+    for seed in seeds:
+        ph = make_phantom_v2(seed, n_slices=frames)
+        result = segment_array(ph.volume, model, spacing=ph.spacing)
+        evaluator.process(result.labels, ph.labels)
+        painted += int(result.labels[:, ph.overlay_mask].sum())
+        n_slices += len(ph.volume)
+        n_boxes += len(result.boxes)
+        hits += [{"seed": seed, **h} for h in overlay_hits(result.boxes, ph.style["overlays"])]
+    metrics = evaluator.evaluate()
+    metrics.pop("per_slice", None)
+    return {"hits": hits, "slices": n_slices, "boxes": n_boxes,
+            "mask_pixels_on_overlays": painted, "metrics": metrics}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="checkpoint (default: the shipped model)")
@@ -56,27 +82,15 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=20)
     p.add_argument("--report", default=str(ROOT / "docs" / "overlay_check.json"))
     args = p.parse_args()
-    from napari_roiseg.segment import load_model, segment_array
-    from sample_data.phantom_v2 import make_phantom_v2
-    from src_model.metrics import SegmentationEvaluator
+    from napari_roiseg.segment import load_model
 
     model = load_model(args.model)
     lo, hi = (int(v) for v in args.seeds.split("-"))
-    hits: list[dict] = []
-    n_slices = n_boxes = painted = 0
-    evaluator = SegmentationEvaluator()
     t0 = time.perf_counter()
-    for seed in range(lo, hi + 1):
-        ph = make_phantom_v2(seed, n_slices=args.frames)
-        result = segment_array(ph.volume, model, spacing=ph.spacing)
-        evaluator.process(result.labels, ph.labels)
-        painted += int(result.labels[:, ph.overlay_mask].sum())
-        n_slices += len(ph.volume)
-        n_boxes += len(result.boxes)
-        hits += [{"seed": seed, **h} for h in overlay_hits(result.boxes, ph.style["overlays"])]
+    found = check_sweeps(model, range(lo, hi + 1), args.frames)
+    hits, n_slices, n_boxes = found["hits"], found["slices"], found["boxes"]
+    painted, metrics = found["mask_pixels_on_overlays"], found["metrics"]
     slices_hit = len({(h["seed"], h["slice"]) for h in hits})
-    metrics = evaluator.evaluate()
-    metrics.pop("per_slice", None)
     report = {"model": args.model or "shipped default", "seeds": args.seeds,
               "frames": args.frames, "slices": n_slices, "boxes": n_boxes,
               "slices_with_a_box_on_an_overlay": slices_hit, "boxes_on_overlays": hits[:50],

@@ -36,28 +36,22 @@ def run(seeds: list[int], frames: int, static_percentile: float, max_fraction: f
         model) -> dict:
     import src_model.model as model_module
     import src_model.preprocess as preprocess
-    from napari_roiseg.segment import segment_array
-    from overlay_check import overlay_hits
-    from sample_data.phantom_v2 import make_phantom_v2
-    from src_model.metrics import SegmentationEvaluator
+    from overlay_check import check_sweeps
     from src_model.rpn import drop_burned_in
 
     original = preprocess.burned_in
     preprocess.burned_in = functools.partial(original, static_percentile=static_percentile)
     model_module.drop_burned_in = functools.partial(drop_burned_in, max_fraction=max_fraction)
+    t0 = time.perf_counter()
     try:
-        hits, evaluator, t0 = [], SegmentationEvaluator(), time.perf_counter()
-        for seed in seeds:
-            ph = make_phantom_v2(seed, n_slices=frames)
-            result = segment_array(ph.volume, model, spacing=ph.spacing)
-            evaluator.process(result.labels, ph.labels)
-            hits += [(seed, h["slice"]) for h in overlay_hits(result.boxes, ph.style["overlays"])]
+        found = check_sweeps(model, seeds, frames)
     finally:
         preprocess.burned_in = original
         model_module.drop_burned_in = drop_burned_in
-    pooled = evaluator.evaluate()["pooled"]
+    pooled = found["metrics"]["pooled"]
+    hits = [(h["seed"], h["slice"]) for h in found["hits"]]
     return {"static_percentile": static_percentile, "max_fraction": max_fraction,
-            "slices": len(seeds) * frames, "slices_with_a_box_on_an_overlay": len(set(hits)),
+            "slices": found["slices"], "slices_with_a_box_on_an_overlay": len(set(hits)),
             "roof_pooled": {k: round(float(pooled[k]), 4) for k in ("precision", "recall", "dice")},
             "seconds": round(time.perf_counter() - t0, 1)}
 

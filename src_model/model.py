@@ -57,9 +57,9 @@ class RPNFCN(nn.Module):
         top_k: int | None = None,
         burned_in: Tensor | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """``burned_in`` (eval only): a stack's bright-pixel map
+        """``burned_in`` (eval only): a stack's overlay map
         (:func:`~src_model.preprocess.burned_in`, ``Tensor[H, W]`` or ``[N, H, W]``); proposals
-        whose bright pixels are mostly burned-in overlay are dropped before the test filter
+        whose salient pixels are largely burned-in overlay are dropped before the test filter
         (:func:`~src_model.rpn.drop_burned_in`), so they neither paint a mask nor take the
         structure's top-k place."""
         check_images(images)

@@ -129,8 +129,9 @@ def iter_predict(
         Include the ``probabilities`` maps (default). ``False`` leaves them out, which saves a
         float copy of every slice from the GPU when only masks and boxes are wanted.
     burned_in
-        ``uint8 (H, W)`` bright-pixel map of the stack (:func:`~src_model.preprocess.burned_in`):
-        proposals whose bright pixels are mostly burned-in overlay are dropped. RPN-FCN only
+        ``uint8 (H, W)`` overlay map of the stack (:func:`~src_model.preprocess.burned_in`):
+        proposals whose salient pixels are largely burned-in overlay are dropped
+        (:func:`~src_model.rpn.drop_burned_in`). RPN-FCN only
         (the baselines have no ROIs and ignore it).
 
     Yields

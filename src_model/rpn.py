@@ -153,11 +153,11 @@ class RoiSegRPN(RegionProposalNetwork):
             take = min(take, limit)
             rows = torch.tensor(todo, device=proposals.device)
             best = scores_all[rows].topk(take, dim=1).indices
+            prefix = scores_all[rows[:, None], best]  # best first
             boxes, scores = super().filter_proposals(
-                proposals[rows[:, None], best], scores_all[rows[:, None], best],
-                [image_shapes[i] for i in todo], [take])
+                proposals[rows[:, None], best], prefix, [image_shapes[i] for i in todo], [take])
             # the prefix's lowest score under the threshold: every later box is lower still
-            reached = torch.sigmoid(scores_all[rows[:, None], best[:, -1:]])[:, 0] < self.score_thresh
+            reached = torch.sigmoid(prefix[:, -1]) < self.score_thresh
             left = []
             for j, i in enumerate(todo):
                 if len(boxes[j]) >= post or take == limit or bool(reached[j]):
