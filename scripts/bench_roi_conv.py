@@ -89,7 +89,10 @@ def head_rows(device, batches, coverages, repeats: int, warmup: int) -> None:
     """The fast preset's ROI refinement head (fc6, fc7, three decoder levels, score; random
     weights, eval mode) on a 367x192 slice: its window path (what the model runs) against
     ``refine_head_reference`` (every layer dense over the whole grid, then masked). One centred
-    box per image covering the given fraction of the slice."""
+    box per image covering the given fraction of the slice. The two paths alternate repeat by
+    repeat; after each backward the parameters' gradients are set to None, as a training step's
+    ``optimizer.zero_grad(set_to_none=True)`` does (before 2026-12-01 they accumulated across
+    repeats, an extra read-add-write of every weight gradient that training never pays)."""
     from src_model.refine_head import RoiRefineHead, refine_head_reference
 
     cfg = get_preset("fast")
@@ -118,11 +121,18 @@ def head_rows(device, batches, coverages, repeats: int, warmup: int) -> None:
                     out = fn(leaves[0], skip_map)
                     if backward:
                         out.sum().backward()
+                        # as a training step does (optimizer.zero_grad(set_to_none=True)): the
+                        # next backward writes fresh gradients instead of adding into old ones
+                        head.zero_grad(set_to_none=True)
 
             window = lambda f, sk: head(f, SLICE, rois, sk)  # noqa: E731
             full = lambda f, sk: refine_head_reference(head, f, SLICE, rois, sk)  # noqa: E731
-            t = {(name, bwd): timed(functools.partial(run, fn, bwd), device, repeats, warmup)
-                 for name, fn in (("full", full), ("window", window)) for bwd in (False, True)}
+            # the two paths alternate repeat by repeat, so a slow phase of the host hits both
+            t = {}
+            for bwd in (False, True):
+                t.update(zip([("full", bwd), ("window", bwd)], timed_pair(
+                    functools.partial(run, full, bwd), functools.partial(run, window, bwd),
+                    device, repeats, warmup)))
             print(f"{batch:>5} {cov:>6.1%} | {t['full', False]:>7.1f}ms {t['window', False]:>6.1f}ms "
                   f"{t['full', False] / t['window', False]:>6.2f} | {t['full', True]:>7.1f}ms "
                   f"{t['window', True]:>6.1f}ms {t['full', True] / t['window', True]:>6.2f}",
@@ -153,6 +163,21 @@ def coverage_mask(n: int, size: tuple[int, int], target: float, gen: torch.Gener
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed_pair(fn_a, fn_b, device: torch.device, repeats: int, warmup: int) -> tuple[float, float]:
+    """Median wall times of ``fn_a()`` and ``fn_b()`` in ms, the two called in turn each repeat."""
+    for _ in range(warmup):
+        fn_a(), fn_b()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeats):
+        for fn, out in zip((fn_a, fn_b), times):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def timed(fn, device: torch.device, repeats: int, warmup: int) -> float:

@@ -107,9 +107,10 @@ class RoiRefineHead(nn.Module):
 
     @property
     def roi_impl(self) -> str:
-        """``impl`` of the head's ROI convolutions ("dense", "sparse" or "auto"). Only the 1x1
-        score layer's call goes through it: fc6, fc7 and the decoder levels compute exactly
-        their window's active bounds (see ``forward``), which is what "sparse" aims at."""
+        """``impl`` of the head's ROI convolutions ("dense", "sparse" or "auto"), kept so that
+        both heads answer the same setting; this head's ``forward`` does not go through it:
+        fc6, fc7, the decoder levels and the score compute exactly their window's active bounds
+        (see ``forward``), which is what "sparse" aims at, whatever the setting."""
         return self.fc6.impl
 
     @roi_impl.setter
@@ -174,9 +175,10 @@ class RoiRefineHead(nn.Module):
             up = up[..., f0 - 2 * r0:f1 - 2 * r0, g0 - 2 * c0:g1 - 2 * c0]
             inp = _cat(up, skip[..., f0:f1, g0:g1])
             x = _pad_to(F.relu(_conv_on(conv, inp, (f0, g0), bounds, cells)), bounds, fine)
-            cells = cells[..., f0:f1, g0:g1]
             r0, r1, c0, c1 = fine
-        x = self.score(x, cells)
+        # the 1x1 score on the finest level's bounds as one small GEMM, zeros on its halo (the
+        # bilinear up-sampling below reads them)
+        x = _pad_to(_conv_on(self.score, x, (r0, c0), bounds, cells, im2col=True), bounds, fine)
         finest = self.skip_strides[-1]
         if finest > 1:
             # align_corners=False puts input cell i at pixel s*i + s/2 - 0.5: the nesting grid.
