@@ -8,7 +8,9 @@ Rows (each model runs in a fresh subprocess, so its peak memory is its own):
 
 (a) whole-volume inference on phantom slices (``sample_data.phantom.make_phantom``, 367x192):
     the shipped fast default through ``napari_roiseg.segment.segment_array`` (ROI-conv
-    ``head.roi_impl`` "dense" and "auto" when the model has that switch), the same model through
+    ``head.roi_impl`` "dense" and "auto" when the model has that switch; the ROI refinement
+    head computes its windows whatever the setting, so for it the two rows time the same code
+    and their difference is the host's noise), the same model through
     a plain batched forward without the NMS pre-filter (the baseline of the ratios), the paper
     preset (random init) with its own proposals and with the default model's test ROIs (the
     ROI coverage a real run has; its untrained RPN proposes boxes everywhere), and torchvision's ``maskrcnn_resnet50_fpn`` /

@@ -41,15 +41,40 @@ ROIS = [
 
 @pytest.mark.parametrize("rois", ROIS)
 @pytest.mark.parametrize("impl", ["dense", "sparse"])
-def test_window_path_equals_the_full_grid_reference_with_gradients(rois, impl):
-    head, features, skips, size = _head_and_inputs()
-    head.roi_impl = impl
+@pytest.mark.parametrize("decoder", [DECODER, (8, 8, 8, 4)])  # ends at stride 2 (bilinear) / 1
+def test_window_path_equals_the_full_grid_reference_with_gradients(rois, impl, decoder):
+    head, features, skips, size = _head_and_inputs(decoder=decoder)
+    head.roi_impl = impl  # the window path computes its bounds whatever the setting
     feats = features.detach().requires_grad_(True)
     skip_leaves = {s: t.detach().requires_grad_(True) for s, t in skips.items()}
     got = head(feats, size, rois, skip_leaves)
     want = refine_head_reference(head, feats, size, rois, skip_leaves)
     region = boxes_to_pixel_mask(rois, size)[:, None]
     # Inside the ROIs (where predictions and losses are read) the numbers are the reference's.
+    torch.testing.assert_close(got * region, want * region, atol=1e-5, rtol=1e-4)
+    g = torch.randn_like(got) * region
+    grads = torch.autograd.grad((got * g).sum(), [feats, *skip_leaves.values(),
+                                                  *head.parameters()])
+    ref = torch.autograd.grad((want * g).sum(), [feats, *skip_leaves.values(),
+                                                 *head.parameters()])
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_window_path_equals_the_reference_on_a_padded_batch_with_boxes_on_the_image_edge():
+    """Images of 90x75 padded to 96x80 (as the model pads a batch to the stride): boxes that
+    reach the image's bottom/right edge and a corner, inside the image; same logits and
+    gradients as the full grid where the ROIs are."""
+    head, features, skips, _ = _head_and_inputs(size=(96, 80))
+    size = (90, 75)
+    rois = [torch.tensor([[60.0, 70.0, 75.0, 90.0]]),
+            torch.tensor([[0.0, 80.0, 20.0, 90.0], [70.0, 0.0, 75.0, 30.0]])]
+    feats = features.detach().requires_grad_(True)
+    skip_leaves = {s: t.detach().requires_grad_(True) for s, t in skips.items()}
+    got = head(feats, size, rois, skip_leaves)
+    want = refine_head_reference(head, feats, size, rois, skip_leaves)
+    assert got.shape[-2:] == want.shape[-2:] == size
+    region = boxes_to_pixel_mask(rois, size)[:, None]
     torch.testing.assert_close(got * region, want * region, atol=1e-5, rtol=1e-4)
     g = torch.randn_like(got) * region
     grads = torch.autograd.grad((got * g).sum(), [feats, *skip_leaves.values(),
