@@ -36,6 +36,7 @@ from src_model.resolution import has_reference, model_size, resample_pair
 from src_model.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "src_model" / "weights" / "fast_default.pt"
 
 
 def main() -> None:
@@ -49,8 +50,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-step", type=int, default=1800)
     p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--out", default=str(ROOT / "src_model" / "weights" / "fast_default.pt"))
-    p.add_argument("--report", default=str(ROOT / "docs" / "default_model.json"))
+    p.add_argument("--out", default=str(SHIPPED))
+    p.add_argument("--report", default=None,
+                   help="JSON report (default: docs/default_model.json for the shipped --out, "
+                        "else the --out path with .json, so an experiment never overwrites the "
+                        "shipped model's report)")
     p.add_argument("--tune-only", action="store_true",
                    help="skip training: re-tune the ROI filter of --out and re-test it")
     p.add_argument("--init", default=None, help="start from this checkpoint (e.g. the v1 default)")
@@ -68,6 +72,10 @@ def main() -> None:
                         "'rpn' (region proposals only: masks of the kept detections unchanged), "
                         "'heads' (RPN and mask head on the frozen backbone)")
     args = p.parse_args()
+    if args.report is None:
+        shipped = Path(args.out).resolve() == SHIPPED.resolve()
+        args.report = str(ROOT / "docs" / "default_model.json" if shipped
+                          else Path(args.out).with_suffix(".json"))
     train = [load_source(f"phantom:{s}:{args.slices}") for s in _seeds(args.train_seeds)]
     test = [load_source(f"phantom:{s}:{args.slices}") for s in _seeds(args.test_seeds)]
     # Validation on held-out training-distribution volumes, never on the test seeds.
