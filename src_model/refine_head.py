@@ -174,7 +174,12 @@ class RoiRefineHead(nn.Module):
             up = F.interpolate(x, scale_factor=2, mode="nearest")
             up = up[..., f0 - 2 * r0:f1 - 2 * r0, g0 - 2 * c0:g1 - 2 * c0]
             inp = _cat(up, skip[..., f0:f1, g0:g1])
-            x = _pad_to(F.relu(_conv_on(conv, inp, (f0, g0), bounds, cells)), bounds, fine)
+            # on the CPU, the wide stride-8 level (fc7 + conv4_3 channels) as one GEMM when no
+            # gradient is wanted (inference: ~8 % of the window path at batch 1); oneDNN's
+            # convolution when training, whose backward is cheaper than the columns' (unfold)
+            gemm = stride == 8 and not torch.is_grad_enabled() and inp.device.type == "cpu"
+            x = _pad_to(F.relu(_conv_on(conv, inp, (f0, g0), bounds, cells, im2col=gemm)),
+                        bounds, fine)
             r0, r1, c0, c1 = fine
         # the 1x1 score on the finest level's bounds as one small GEMM, zeros on its halo (the
         # bilinear up-sampling below reads them)
@@ -239,8 +244,9 @@ def _conv_on(conv: RoiConv2d, x: Tensor, origin: tuple[int, int],
     only and masked there (Eq. 1). ``x`` holds the grid from row/column ``origin`` on, with at
     least every in-grid input those cells read; reads beyond the grid's edge (``mask``'s size)
     are the zeros of the full convolution's padding. ``im2col``: one unfold + matmul instead of
-    oneDNN's direct convolution, which suits the 7x7 fc6 and the 1x1 fc7 on a small window
-    better (oneDNN also reorders their weights on every such call)."""
+    oneDNN's direct convolution, which suits the 7x7 fc6, the 1x1 fc7 and score on a small window
+    better (oneDNN also reorders their weights on every such call), and the stride-8 decoder level
+    at inference (its columns' backward costs more than oneDNN's, so training keeps the latter)."""
     r0, r1, c0, c1 = bounds
     p = int(conv.padding[0])  # type: ignore[index]
     h, w = mask.shape[-2:]
@@ -255,11 +261,17 @@ def _conv_on(conv: RoiConv2d, x: Tensor, origin: tuple[int, int],
         # cells x (C*k*k) GEMM against the weight as stored (a broadcast batched matmul costs
         # ~1.4x on the CPU; weight-major columns ~1.5x more on a 5 % window)
         nhwc = crop.permute(0, 2, 3, 1)  # N, H, W, C: a view, contiguous when channels-last
-        if k > 1:
-            columns = nhwc.unfold(1, k, 1).unfold(2, k, 1).reshape(n * rows * cols, -1)
-        else:
+        if k == 1:
             columns = nhwc.reshape(n * rows * cols, -1)
-        weight = conv.weight.flatten(1).t()
+            weight = conv.weight.flatten(1).t()
+        elif conv.weight.is_contiguous(memory_format=torch.channels_last):
+            # (kh, kw, C) columns against the channels-last weight as stored (a view)
+            columns = nhwc.unfold(1, k, 1).unfold(2, k, 1).permute(0, 1, 2, 4, 5, 3)
+            columns = columns.reshape(n * rows * cols, -1)
+            weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.weight.shape[0], -1).t()
+        else:
+            columns = nhwc.unfold(1, k, 1).unfold(2, k, 1).reshape(n * rows * cols, -1)
+            weight = conv.weight.flatten(1).t()
         out = (columns @ weight if conv.bias is None
                else torch.addmm(conv.bias, columns, weight))
         out = out.view(n, rows, cols, -1).permute(0, 3, 1, 2)  # NCHW, channels-last strides

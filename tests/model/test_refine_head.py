@@ -61,6 +61,22 @@ def test_window_path_equals_the_full_grid_reference_with_gradients(rois, impl, d
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("rois", ROIS)
+@pytest.mark.parametrize("decoder", [DECODER, (8, 8, 8, 4)])
+def test_inference_path_equals_the_reference(rois, decoder):
+    """Without gradients the stride-8 level runs as one GEMM instead of oneDNN's convolution:
+    same numbers as the full grid inside the ROIs, and the same as the training path."""
+    head, features, skips, size = _head_and_inputs(decoder=decoder)
+    region = boxes_to_pixel_mask(rois, size)[:, None]
+    with torch.no_grad():
+        got = head(features, size, rois, skips)
+        want = refine_head_reference(head, features, size, rois, skips)
+    with torch.enable_grad():
+        trained = head(features, size, rois, skips).detach()
+    torch.testing.assert_close(got * region, want * region, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got, trained, atol=1e-5, rtol=1e-4)
+
+
 def test_window_path_equals_the_reference_on_a_padded_batch_with_boxes_on_the_image_edge():
     """Images of 90x75 padded to 96x80 (as the model pads a batch to the stride): boxes that
     reach the image's bottom/right edge and a corner, inside the image; same logits and
