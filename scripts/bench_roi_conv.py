@@ -130,9 +130,9 @@ def head_rows(device, batches, coverages, repeats: int, warmup: int) -> None:
             # the two paths alternate repeat by repeat, so a slow phase of the host hits both
             t = {}
             for bwd in (False, True):
-                t.update(zip([("full", bwd), ("window", bwd)], timed_pair(
+                t.update(zip([("full", bwd), ("window", bwd)], timed(
                     functools.partial(run, full, bwd), functools.partial(run, window, bwd),
-                    device, repeats, warmup)))
+                    device=device, repeats=repeats, warmup=warmup)))
             print(f"{batch:>5} {cov:>6.1%} | {t['full', False]:>7.1f}ms {t['window', False]:>6.1f}ms "
                   f"{t['full', False] / t['window', False]:>6.2f} | {t['full', True]:>7.1f}ms "
                   f"{t['window', True]:>6.1f}ms {t['full', True] / t['window', True]:>6.2f}",
@@ -165,33 +165,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_pair(fn_a, fn_b, device: torch.device, repeats: int, warmup: int) -> tuple[float, float]:
-    """Median wall times of ``fn_a()`` and ``fn_b()`` in ms, the two called in turn each repeat."""
+def timed(*fns, device: torch.device, repeats: int, warmup: int) -> list[float]:
+    """Median wall time in ms of each of ``fns``, called in turn each repeat (with several, a
+    slow phase of the host hits them all alike)."""
     for _ in range(warmup):
-        fn_a(), fn_b()
-    times: tuple[list[float], list[float]] = ([], [])
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, out in zip((fn_a, fn_b), times):
+        for fn, out in zip(fns, times):
             _sync(device)
             t0 = time.perf_counter()
             fn()
             _sync(device)
             out.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
-def timed(fn, device: torch.device, repeats: int, warmup: int) -> float:
-    """Median wall time of ``fn()`` in ms."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return [statistics.median(t) for t in times]
 
 
 class Layer:
@@ -350,8 +338,8 @@ def main(argv: list[str] | None = None) -> None:
                 def time_impl(impl: str, layer=layer, mask=mask) -> tuple[float, float]:
                     fwd = functools.partial(layer.forward, mask, impl)
                     fwd_bwd = functools.partial(layer.forward_backward, mask, impl)
-                    return (timed(fwd, device, repeats, warmup),
-                            timed(fwd_bwd, device, repeats, warmup))
+                    return (timed(fwd, device=device, repeats=repeats, warmup=warmup)[0],
+                            timed(fwd_bwd, device=device, repeats=repeats, warmup=warmup)[0])
 
                 if dense_f is None or args.dense_every_row:
                     dense_f, dense_fb = time_impl("dense")

@@ -28,6 +28,7 @@ import torch
 
 from napari_roiseg.cli.compare import evaluate_model, tune_test_time
 from napari_roiseg.cli.train_job import LabelledVolume, load_source, train_model
+from napari_roiseg.segment import default_checkpoint
 from src_model.checkpoint import save_checkpoint
 from src_model.config import ModelConfig, get_preset
 from src_model.model import build_model
@@ -36,7 +37,7 @@ from src_model.resolution import has_reference, model_size, resample_pair
 from src_model.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "src_model" / "weights" / "fast_default.pt"
+SHIPPED = default_checkpoint()
 
 
 def main() -> None:
