@@ -107,13 +107,26 @@ def imaged_area(stack: np.ndarray, frames: int = 8) -> np.ndarray | None:
     return None if above.mean() < 0.2 or above.all() else above
 
 
+# A clip whose typical varying pixel changes by one step of an integer image (a grey level), or
+# by at most 1/_STILL of the sample's range, is nearly still: the probe held on the hip and only
+# noise of under a grey level moving, under which tissue repeats its value over the frames by
+# chance. Phantom sweeps' median change is 7-19 % of the range (3 consecutive slices: 7.6 %); a
+# still uint8 clip's is 1 grey level with noise of sigma 0.2-0.6, 2 with sigma 1 (a map is made:
+# chance repeats are then rare), 5-7 with sigma 2-3.
+_STILL = 200
+
+
 def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0,
               static_percentile: float = 50.0, dim_frames: int = 8) -> np.ndarray | None:
     """``uint8 (H, W)`` map of a ``(S, H, W)`` stack: 0 dark, 1 bright tissue, 2 burned in
     (scanner text, depth ruler, bars, logo: the same in every frame while the tissue changes).
     Or None when the stack cannot tell: under 3 frames, under 5 % of the pixels varying (a
     still or repeated stack; sectors leave wide black margins, so the bar is lower than
-    :func:`imaged_area`'s), or nothing burned in.
+    :func:`imaged_area`'s), a nearly still clip (the varying pixels' median change between
+    frames one grey level, or at most 1/200 of the range: noise alone, under which tissue
+    repeats its value by chance), or nothing burned in. A bright echo clipped at the maximum in
+    every frame is tissue, not overlay, when its rim reaches the maximum now and then
+    (:func:`_clipped_tissue`).
 
     Read from up to ``frames`` evenly spaced frames (cheap on a memory-mapped volume). Bright
     tissue: a varying pixel whose maximum over them reaches the ``percentile`` of the varying
@@ -140,13 +153,39 @@ def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0,
     if not np.isfinite(top).all():
         return None  # the NaN check reports these
     maxima = top[varying]
+    spread = top[varying] - few.min(axis=0)[varying]
+    step = 1.0 if np.issubdtype(few.dtype, np.integer) else 0.0
+    if float(np.median(spread)) <= max(step, (float(maxima.max()) - float(few.min())) / _STILL):
+        return None  # a nearly still clip: a pixel that does not change is no evidence
     level = static_percentile if len(few) >= dim_frames else max(static_percentile, percentile)
     floor = float(np.percentile(maxima, level))
     burned = ~varying & (top >= floor) & (top > few.min())
+    burned &= ~_clipped_tissue(burned, varying, top)
     if not burned.any():
         return None
     bright = (top >= np.percentile(maxima, percentile)) | burned
     return bright.astype(np.uint8) + burned.astype(np.uint8)
+
+
+def _clipped_tissue(static: np.ndarray, varying: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """The parts of ``static`` that are tissue clipped at the display's maximum, not overlay.
+
+    A bright echo (bone) clipped at the sample's maximum value is the same in every frame while
+    the probe stays still, like an overlay; it is told apart by its rim: pixels beside it that
+    vary and reach that maximum in some frames (the echo's edge, clipped now and then by the
+    noise). An overlay drawn at the maximum borders tissue or margin that does not reach it. A
+    connected (8-neighbour) static region at the maximum with such a rim is tissue."""
+    ceiling = top.max()
+    at_ceiling = static & (top == ceiling)
+    rim = varying & (top == ceiling)
+    if not at_ceiling.any() or not rim.any():
+        return np.zeros_like(static)
+    from scipy import ndimage as ndi
+
+    eight = np.ones((3, 3), bool)
+    parts, _ = ndi.label(at_ceiling, structure=eight)
+    touching = np.unique(parts[at_ceiling & ndi.binary_dilation(rim, structure=eight)])
+    return np.isin(parts, touching[touching > 0])
 
 
 def _frame_sample(stack: np.ndarray, frames: int) -> np.ndarray | None:

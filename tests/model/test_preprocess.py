@@ -138,6 +138,49 @@ def test_burned_in_marks_static_pixels_brighter_than_the_background_only():
     assert burned_in(no_overlay) is None  # nothing but the background is static
 
 
+def test_burned_in_leaves_a_clipped_echo_of_a_still_probe_to_the_tissue():
+    """A bright echo clipped at the display's maximum in a clip where the probe stays still is
+    the same in every frame, like an overlay; its rim, which the noise clips now and then, tells
+    it apart. A ruler drawn at the same maximum over tissue is still burned in."""
+    from src_model.preprocess import burned_in
+
+    rng = np.random.default_rng(3)
+    yy = np.arange(60)[:, None]
+    echo = 300.0 * np.exp(-0.5 * ((yy - 26) / 3.0) ** 2) * np.ones((1, 60))  # a smooth band
+    base = np.full((60, 80), 70.0)
+    base[:, 10:70] += echo
+    frames = np.clip(base + rng.normal(0, 2.0, (10, 60, 80)), 0, 255).round().astype(np.uint8)
+    frames[:, 5:55, 74:76] = 255  # burned-in ruler at the same maximum
+    clipped = (frames == 255).all(axis=0)
+    clipped[:, 74:76] = False
+    assert clipped[:, 10:70].sum() >= 240  # the band's core is clipped in every frame
+    m = burned_in(frames)
+    assert (m[5:55, 74:76] == 2).all()
+    assert not (m[clipped] == 2).any() and (m[clipped] == 1).all()  # bright tissue
+    # without the rim (a clipped block with a hard edge) the rule cannot tell, as before
+    block = frames.copy()
+    block[:, 20:32, 10:70] = 255
+    block[:, 18:20, 10:70] = block[:, 32:34, 10:70] = 150
+    assert (burned_in(block)[20:32, 10:70] == 2).all()
+
+
+def test_burned_in_cannot_tell_in_a_nearly_still_clip():
+    """Noise of a fraction of a grey level on a still probe: tissue repeats its value by chance
+    over the frames, so static pixels are no evidence of an overlay and there is no map."""
+    from src_model.preprocess import burned_in
+
+    rng = np.random.default_rng(4)
+    tissue = rng.uniform(30, 200, (60, 80))
+    for sigma, expect_map in ((0.3, False), (3.0, True)):
+        frames = np.clip(tissue + rng.normal(0, sigma, (10, 60, 80)), 0, 255).round()
+        frames = frames.astype(np.uint8)
+        frames[:, 5:55, 74:76] = 255  # a burned-in ruler
+        m = burned_in(frames)
+        assert (m is not None) == expect_map
+        if expect_map:
+            assert (m[5:55, 74:76] == 2).all() and (m[:, :70] == 2).mean() < 0.01
+
+
 def test_drop_burned_in_removes_boxes_on_overlays_and_keeps_the_structure():
     import torch
 
