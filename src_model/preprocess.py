@@ -107,13 +107,17 @@ def imaged_area(stack: np.ndarray, frames: int = 8) -> np.ndarray | None:
     return None if above.mean() < 0.2 or above.all() else above
 
 
-# A clip whose typical varying pixel changes by one step of an integer image (a grey level), or
-# by at most 1/_STILL of the sample's range, is nearly still: the probe held on the hip and only
-# noise of under a grey level moving, under which tissue repeats its value over the frames by
-# chance. Phantom sweeps' median change is 7-19 % of the range (3 consecutive slices: 7.6 %); a
-# still uint8 clip's is 1 grey level with noise of sigma 0.2-0.6, 2 with sigma 1 (a map is made:
-# chance repeats are then rare), 5-7 with sigma 2-3.
+# How much the tissue changes between the sampled frames: the median over the tissue's varying
+# pixels (those above a tenth of the range, so a dark background flickering by a grey level does
+# not count) of their max - min, against the range. Moving phantom sweeps: 9-25 % (3 consecutive
+# slices 9 %); a probe held still, uint8: 1 grey level with noise of sigma 0.3, 3 with sigma 1,
+# 8 with sigma 3, 14 with sigma 5 (0.4 / 1.2 / 3.1-3.5 / 5.5-6 % of the range).
+# At most one step of an integer image (or 1/_STILL of the range): nearly still; tissue repeats
+# its value over the frames by chance and a static pixel is no evidence of an overlay.
 _STILL = 200
+# Under _SLOW of the range: a still clip, in which a bright echo clipped at the maximum stays the
+# same in every frame (:func:`_clipped_tissue`); a moving sweep's clipped tissue moves.
+_SLOW = 0.075
 
 
 def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0,
@@ -122,11 +126,11 @@ def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0,
     (scanner text, depth ruler, bars, logo: the same in every frame while the tissue changes).
     Or None when the stack cannot tell: under 3 frames, under 5 % of the pixels varying (a
     still or repeated stack; sectors leave wide black margins, so the bar is lower than
-    :func:`imaged_area`'s), a nearly still clip (the varying pixels' median change between
-    frames one grey level, or at most 1/200 of the range: noise alone, under which tissue
-    repeats its value by chance), or nothing burned in. A bright echo clipped at the maximum in
-    every frame is tissue, not overlay, when its rim reaches the maximum now and then
-    (:func:`_clipped_tissue`).
+    :func:`imaged_area`'s), a nearly still clip (the tissue's median change between frames one
+    grey level, or at most 1/200 of the range: noise alone, under which tissue repeats its value
+    by chance), a boolean stack, or nothing burned in. In a still clip (median change under
+    7.5 % of the range) a bright echo clipped at the maximum in every frame is tissue, not
+    overlay, when its rim reaches the maximum now and then (:func:`_clipped_tissue`).
 
     Read from up to ``frames`` evenly spaced frames (cheap on a memory-mapped volume). Bright
     tissue: a varying pixel whose maximum over them reaches the ``percentile`` of the varying
@@ -143,41 +147,47 @@ def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0,
     proposal whose salient (bright or burned-in) pixels are mostly burned in
     (:func:`src_model.rpn.drop_burned_in`).
     """
-    if stack.ndim != 3 or stack.shape[1] * stack.shape[2] == 0:
+    if stack.ndim != 3 or stack.shape[1] * stack.shape[2] == 0 or stack.dtype == bool:
         return None
     few = _frame_sample(stack, frames)
     varying = _varying(few, min_fraction=0.05)
     if varying is None or varying.all():
         return None
-    top = few.max(axis=0).astype(np.float32)
+    high, low = few.max(axis=0), few.min(axis=0)
+    top = high.astype(np.float64)  # 2D: exact for integers up to 2**53, no overflow
     if not np.isfinite(top).all():
         return None  # the NaN check reports these
     maxima = top[varying]
-    spread = top[varying] - few.min(axis=0)[varying]
+    lo, hi = float(low[varying].min()), float(maxima.max())
+    tissue = varying & (top > lo + 0.1 * (hi - lo))
+    change = float(np.median(top[tissue] - low[tissue])) if tissue.any() else 0.0
     step = 1.0 if np.issubdtype(few.dtype, np.integer) else 0.0
-    if float(np.median(spread)) <= max(step, (float(maxima.max()) - float(few.min())) / _STILL):
+    if change <= max(step, (hi - lo) / _STILL):
         return None  # a nearly still clip: a pixel that does not change is no evidence
     level = static_percentile if len(few) >= dim_frames else max(static_percentile, percentile)
     floor = float(np.percentile(maxima, level))
     burned = ~varying & (top >= floor) & (top > few.min())
-    burned &= ~_clipped_tissue(burned, varying, top)
+    if change < _SLOW * (hi - lo):
+        burned &= ~_clipped_tissue(burned, varying, high)
     if not burned.any():
         return None
     bright = (top >= np.percentile(maxima, percentile)) | burned
     return bright.astype(np.uint8) + burned.astype(np.uint8)
 
 
-def _clipped_tissue(static: np.ndarray, varying: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """The parts of ``static`` that are tissue clipped at the display's maximum, not overlay.
+def _clipped_tissue(static: np.ndarray, varying: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """The parts of ``static`` that are tissue clipped at the display's maximum, not overlay
+    (``high``: each pixel's maximum over the frames, in the stack's own dtype).
 
-    A bright echo (bone) clipped at the sample's maximum value is the same in every frame while
-    the probe stays still, like an overlay; it is told apart by its rim: pixels beside it that
-    vary and reach that maximum in some frames (the echo's edge, clipped now and then by the
-    noise). An overlay drawn at the maximum borders tissue or margin that does not reach it. A
-    connected (8-neighbour) static region at the maximum with such a rim is tissue."""
-    ceiling = top.max()
-    at_ceiling = static & (top == ceiling)
-    rim = varying & (top == ceiling)
+    In a still clip a bright echo (bone) clipped at the sample's maximum value is the same in
+    every frame, like an overlay; it is told apart by its rim: pixels beside it that vary and
+    reach that maximum in some frames (the echo's edge, clipped now and then by the noise). An
+    overlay drawn at the maximum borders tissue or margin that does not reach it. A connected
+    (8-neighbour) static region at the maximum with such a rim is tissue. (Not used on moving
+    sweeps, where clipped tissue moves and an overlay's neighbours can reach the maximum.)"""
+    ceiling = high.max()
+    at_ceiling = static & (high == ceiling)
+    rim = varying & (high == ceiling)
     if not at_ceiling.any() or not rim.any():
         return np.zeros_like(static)
     from scipy import ndimage as ndi

@@ -181,6 +181,25 @@ def test_burned_in_cannot_tell_in_a_nearly_still_clip():
             assert (m[5:55, 74:76] == 2).all() and (m[:, :70] == 2).mean() < 0.01
 
 
+def test_burned_in_keeps_overlays_of_a_moving_sweep_whatever_borders_them():
+    """Found by a review: in a moving sweep the clipped-tissue exemption must not apply (a 255
+    ruler among speckle that reaches 255 now and then stays an overlay), and a dark background
+    flickering by a grey level over most of the frame must not make the sweep look still."""
+    from src_model.preprocess import burned_in
+
+    rng = np.random.default_rng(1)
+    speckle = np.clip(rng.gamma(2.0, 40.0, (8, 40, 50)), 0, 255).round().astype(np.uint8)
+    assert (speckle.max(axis=0) == 255).mean() > 0.05  # tissue that reaches the maximum
+    speckle[:, 2:38, 45:47] = 255
+    assert (burned_in(speckle)[2:38, 45:47] == 2).all()
+    dark = np.empty((8, 60, 80), np.uint8)
+    dark[:, :, 56:] = np.clip(rng.gamma(2.0, 40.0, (8, 60, 24)), 0, 250).round()
+    dark[:, :, :56] = rng.integers(0, 2, (8, 60, 56))  # 70 % of the frame: a 0/1 noise floor
+    dark[:, 5:55, 77:79] = 200
+    assert (burned_in(dark)[5:55, 77:79] == 2).all()
+    assert burned_in(dark > 100) is None  # a boolean stack is not an image
+
+
 def test_drop_burned_in_removes_boxes_on_overlays_and_keeps_the_structure():
     import torch
 
