@@ -1,7 +1,8 @@
 """Turn slices of any numeric dtype into what the model expects: float32 in [0, 1].
 
 Statistics are computed once over the whole array passed in (a whole volume, not a batch), so every
-slice of a volume is scaled the same way. numpy only.
+slice of a volume is scaled the same way. numpy, and scipy.ndimage for the connected regions of
+:func:`_clipped_tissue` (imported there, when a still clip needs it).
 """
 
 from __future__ import annotations
