@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from overlay_check import overlay_hits  # noqa: E402
+from overlay_rule_sweep import parse_seeds  # noqa: E402
 
 FRAMES = 8
 SIGMAS = (0.3, 1.0, 3.0)
@@ -46,12 +47,7 @@ def still_clip(frame: np.ndarray, sigma: float, gain: float, rng: np.random.Gene
     return np.clip(noisy, 0, 255).round().astype(np.uint8)
 
 
-def _seeds(text: str) -> range:
-    lo, hi = (int(v) for v in text.split("-"))
-    return range(lo, hi + 1)
-
-
-def check_v1(model, seeds: range) -> list[dict]:
+def check_v1(model, seeds: list[int]) -> list[dict]:
     from napari_roiseg.segment import segment_array
     from sample_data.phantom import make_phantom
     from src_model.metrics import SegmentationEvaluator
@@ -79,7 +75,7 @@ def check_v1(model, seeds: range) -> list[dict]:
     return rows
 
 
-def check_v2(model, seeds: range) -> list[dict]:
+def check_v2(model, seeds: list[int]) -> list[dict]:
     from napari_roiseg.segment import segment_array
     from sample_data.phantom_v2 import make_phantom_v2
     from src_model.metrics import SegmentationEvaluator
@@ -119,8 +115,8 @@ def main() -> None:
     t0 = time.perf_counter()
     report = {"model": args.model or "shipped default", "frames": FRAMES,
               "v1_seeds": args.v1_seeds, "v2_seeds": args.v2_seeds,
-              "v1_roof": check_v1(model, _seeds(args.v1_seeds)),
-              "v2_overlays": check_v2(model, _seeds(args.v2_seeds)),
+              "v1_roof": check_v1(model, parse_seeds(args.v1_seeds)),
+              "v2_overlays": check_v2(model, parse_seeds(args.v2_seeds)),
               "seconds": round(time.perf_counter() - t0, 1),
               "torch_threads": torch.get_num_threads()}
     Path(args.report).write_text(json.dumps(report, indent=2))

@@ -167,7 +167,7 @@ def burned_in(stack: np.ndarray, frames: int = 8, percentile: float = 95.0,
         return None  # a nearly still clip: a pixel that does not change is no evidence
     level = static_percentile if len(few) >= dim_frames else max(static_percentile, percentile)
     floor = float(np.percentile(maxima, level))
-    burned = ~varying & (top >= floor) & (top > few.min())
+    burned = ~varying & (top >= floor) & (top > low.min())
     if change < _SLOW * (hi - lo):
         burned &= ~_clipped_tissue(burned, varying, high)
     if not burned.any():
